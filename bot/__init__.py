@@ -1,0 +1,1 @@
+"""SOPHIE's runtime: settings, CLI, app assembly and the adapters behind the roles' ports."""

@@ -1,0 +1,98 @@
+"""Configuration from the environment (the contract in DESIGN.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import platformdirs
+
+DEFAULT_MODEL = "openai/gpt-4o-mini"
+DEFAULT_LLM_BASE_URL = "https://openrouter.ai/api/v1"
+DEFAULT_SLACK_API_URL = "https://slack.com/api/"
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+
+
+def _env(name: str, environ: dict[str, str]) -> str | None:
+    value = environ.get(name, "").strip()
+    return value or None
+
+
+@dataclass(frozen=True)
+class Settings:
+    slack_bot_token: str | None = None
+    slack_signing_secret: str | None = None
+    slack_app_token: str | None = None
+    slack_api_url: str = DEFAULT_SLACK_API_URL
+    github_token: str | None = None
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+    github_webhook_secret: str | None = None
+    llm_api_key: str | None = None
+    llm_base_url: str = DEFAULT_LLM_BASE_URL
+    llm_models: tuple[str, ...] = (DEFAULT_MODEL,)
+    llm_timeout_seconds: float = 30.0
+    redis_url: str | None = None
+    signing_key: str | None = None
+    signing_key_file: Path | None = None
+    constitution_path: Path = Path("constitution.yml")
+    data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("sophie")))
+    port: int = 3000
+    public_url: str | None = None
+    poll_seconds: float = 10.0
+    worker_poll_delay: float = 0.05
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
+        env = dict(os.environ if environ is None else environ)
+        models = tuple(
+            m.strip()
+            for m in (_env("SOPHIE_LLM_MODELS", env) or DEFAULT_MODEL).split(",")
+            if m.strip()
+        )
+        key_file = _env("SOPHIE_SIGNING_KEY_FILE", env)
+        data_dir = _env("SOPHIE_DATA_DIR", env)
+        return cls(
+            slack_bot_token=_env("SLACK_BOT_TOKEN", env),
+            slack_signing_secret=_env("SLACK_SIGNING_SECRET", env),
+            slack_app_token=_env("SLACK_APP_TOKEN", env),
+            slack_api_url=_env("SLACK_API_URL", env) or DEFAULT_SLACK_API_URL,
+            github_token=_env("GITHUB_TOKEN", env),
+            github_api_url=(_env("GITHUB_API_URL", env) or DEFAULT_GITHUB_API_URL).rstrip("/"),
+            github_webhook_secret=_env("GITHUB_WEBHOOK_SECRET", env),
+            llm_api_key=_env("SOPHIE_LLM_API_KEY", env)
+            or _env("OPENROUTER_API_KEY", env)
+            or _env("OPENAI_API_KEY", env),
+            llm_base_url=_env("SOPHIE_LLM_BASE_URL", env) or DEFAULT_LLM_BASE_URL,
+            llm_models=models or (DEFAULT_MODEL,),
+            llm_timeout_seconds=float(_env("SOPHIE_LLM_TIMEOUT", env) or 30),
+            redis_url=_env("REDIS_URL", env),
+            signing_key=_env("SOPHIE_SIGNING_KEY", env),
+            signing_key_file=Path(key_file) if key_file else None,
+            constitution_path=Path(_env("SOPHIE_CONSTITUTION", env) or "constitution.yml"),
+            data_dir=Path(data_dir) if data_dir else Path(platformdirs.user_data_dir("sophie")),
+            port=int(_env("PORT", env) or 3000),
+            public_url=_env("SOPHIE_PUBLIC_URL", env),
+            poll_seconds=float(_env("SOPHIE_POLL_SECONDS", env) or 10),
+        )
+
+    @property
+    def dry_run(self) -> bool:
+        return self.github_token is None
+
+    @property
+    def offline_planner(self) -> bool:
+        return self.llm_api_key is None
+
+    def secrets(self) -> list[str]:
+        """Values that must never appear in logs or Slack messages."""
+        values = [
+            self.slack_bot_token,
+            self.slack_signing_secret,
+            self.slack_app_token,
+            self.github_token,
+            self.github_webhook_secret,
+            self.llm_api_key,
+            self.signing_key,
+        ]
+        return [v for v in values if v]

@@ -1,0 +1,91 @@
+"""`sophie verify`: check a plan's signed decisions outside the bot (what a workflow runs)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+
+from bot.signer import keyid_for
+from roles import anchor
+from roles.attestation import EnvelopeError, open_envelope
+from roles.constitution import Constitution
+from roles.plan import Plan
+from roles.records import Actor, DecisionRecord, PlanRecord, PlanStatus, Thread
+
+
+class PublicKeys:
+    """A verifier over known public keys only (no signing key needed)."""
+
+    def __init__(self, keys: list[bytes]) -> None:
+        self.keys = {keyid_for(k): VerifyKey(k) for k in keys}
+
+    def verify(self, keyid: str, data: bytes, signature: bytes) -> bool:
+        key = self.keys.get(keyid)
+        if key is None:
+            return False
+        try:
+            key.verify(data, signature)
+        except (BadSignatureError, ValueError):
+            return False
+        return True
+
+
+def read_json_or_base64(text: str) -> Any:
+    """Workflows pass plans and envelopes as base64 inputs; people pass files of JSON/YAML."""
+    stripped = text.strip()
+    if stripped[:1] in ("{", "["):
+        return json.loads(stripped)
+    try:
+        return json.loads(base64.b64decode(stripped, validate=True))
+    except (binascii.Error, ValueError):
+        return yaml.safe_load(stripped)
+
+
+def load_keys(source: str) -> list[bytes]:
+    """Keys from /.well-known/sophie/keys JSON (file) or one base64 public key."""
+    path = Path(source)
+    if path.exists():
+        data = json.loads(path.read_text())
+        return [base64.b64decode(k["public_key_base64"]) for k in data["keys"]]
+    return [base64.b64decode(source)]
+
+
+def verify(
+    envelopes: list[dict[str, Any]],
+    plan: Plan,
+    constitution: Constitution,
+    verifier: PublicKeys,
+    now: datetime | None = None,
+) -> str | None:
+    """None when the envelopes authorise exactly this plan; otherwise the reason."""
+    now = now or datetime.now(UTC)
+    decisions = []
+    for envelope in envelopes:
+        try:
+            pred = open_envelope(envelope, verifier).predicate
+        except EnvelopeError as exc:
+            return str(exc)
+        who = pred["approver"]
+        decisions.append(
+            DecisionRecord(
+                actor=Actor(team_id=who["teamId"], user_id=who["userId"], name=who["name"]),
+                decision=pred["decision"],
+                at=datetime.fromisoformat(pred["decidedAt"]),
+                envelope=envelope,
+                groups=tuple(who.get("groups", ())),
+            )
+        )
+    if not decisions:
+        return "no envelopes"
+    record = PlanRecord(
+        plan=plan, status=PlanStatus.APPROVED, thread=Thread("", ""), decisions=decisions
+    )
+    return anchor.check_quorum(record, constitution, verifier, now)

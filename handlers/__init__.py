@@ -1,0 +1,1 @@
+"""Slack surfaces: listeners that call the roles, and pure Block Kit builders."""

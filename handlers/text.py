@@ -1,0 +1,33 @@
+"""Making untrusted text safe to post back into Slack."""
+
+from __future__ import annotations
+
+from roles.untrusted import clean_text
+
+SECTION_LIMIT = 3000
+
+
+def escape(text: str, limit: int = 2900) -> str:
+    """Escape &, < and > so no mention, channel ping or link can be smuggled in.
+
+    Slack only turns ``<!channel>``, ``<@U…>`` and ``<url>`` into pings and links
+    when they arrive unescaped; escaped they show as plain text.
+    """
+    text = clean_text(text, limit=limit * 2)
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    # Neutralise the formatting characters so echoed text cannot restyle the card.
+    for ch in ("*", "_", "~", "`"):
+        text = text.replace(ch, "\u02bc" if ch == "`" else ch + "\u200b")
+    return truncate(text, limit)
+
+
+def truncate(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def user(user_id: str) -> str:
+    """A mention of a Slack user ID we validated ourselves (never from free text)."""
+    if user_id.startswith("sophie:"):
+        return "SOPHIE"
+    safe = "".join(ch for ch in user_id if ch.isalnum())
+    return f"<@{safe}>"

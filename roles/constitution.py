@@ -1,0 +1,174 @@
+"""The team's constitution: who may approve what, where, and under which rules.
+
+The LLM can propose; only the constitution decides. It is loaded from YAML,
+validated by a closed schema, and its digest is recorded with every decision
+so a change to the rules voids approvals given under the old ones.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+from roles.canonical import sha256_digest
+from roles.plan import Action, ApprovalLevel, RepoName
+
+SlackUserId = Annotated[str, StringConstraints(pattern=r"^[UW][A-Z0-9]{2,20}$")]
+SlackGroupId = Annotated[str, StringConstraints(pattern=r"^S[A-Z0-9]{2,20}$")]
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Approvers(_Closed):
+    users: list[SlackUserId] = Field(default_factory=list)
+    groups: list[SlackGroupId] = Field(default_factory=list)
+
+
+class EnvironmentRule(_Closed):
+    approval: ApprovalLevel
+    quorum: int = Field(default=1, ge=1, le=10)
+    veto_window_seconds: int = Field(default=300, ge=0, le=86400)
+    # Supervision may demand approvers from distinct groups (e.g. one SRE, one security).
+    distinct_groups: list[SlackGroupId] = Field(default_factory=list)
+    protected: bool = False
+    aliases: list[str] = Field(default_factory=list)
+
+
+class RepoRule(_Closed):
+    name: RepoName
+    workflow: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}\.ya?ml$")]
+    default_ref: str = "main"
+    environments: list[str]
+    aliases: list[str] = Field(default_factory=list)
+    # Artifacts built when a directive does not name any.
+    artifacts: list[str] = Field(default_factory=lambda: ["docker"])
+
+
+class ForbiddenPattern(_Closed):
+    id: str
+    pattern: str
+    message: str
+
+    @field_validator("pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        re.compile(value)
+        return value
+
+
+class RiskThresholds(_Closed):
+    medium: float = 0.3
+    high: float = 0.55
+    critical: float = 0.8
+
+
+class RiskRules(_Closed):
+    thresholds: RiskThresholds = RiskThresholds()
+    # Below this confidence a plan needs at least ``approval``.
+    low_confidence: float = Field(default=0.6, ge=0, le=1)
+    # Risk level at or above which the approval level is raised.
+    raise_to_supervision_at: Literal["high", "critical"] = "critical"
+    raise_to_approval_at: Literal["medium", "high", "critical"] = "medium"
+
+
+class SeparationOfDuties(_Closed):
+    no_self_approval: bool = True
+    distinct_approvers: bool = True
+
+
+class TrustRules(_Closed):
+    initial: float = Field(default=0.5, ge=0, le=1)
+    success_delta: float = 0.05
+    failure_delta: float = 0.15
+    minimum_for_autonomous: float = Field(default=0.8, ge=0, le=1)
+
+
+class DigestRules(_Closed):
+    channel: str | None = None
+    schedule: str = "0 9 * * 1-5"
+
+
+class Constitution(_Closed):
+    apiVersion: Literal["sophie/v1"] = "sophie/v1"
+    kind: Literal["Constitution"] = "Constitution"
+    version: int = Field(ge=1)
+    approvers: Approvers
+    environments: dict[str, EnvironmentRule]
+    separation_of_duties: SeparationOfDuties = SeparationOfDuties()
+    repos: list[RepoRule] = Field(min_length=1)
+    default_repo: RepoName | None = None
+    default_environment: str = "staging"
+    actions: list[Action] = Field(default_factory=lambda: list(Action))
+    forbidden: list[ForbiddenPattern] = Field(default_factory=list)
+    risk: RiskRules = RiskRules()
+    approval_ttl_seconds: int = Field(default=86400, gt=0, le=30 * 86400)
+    trust: TrustRules = TrustRules()
+    digest: DigestRules = DigestRules()
+    policies_dir: str | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Constitution:
+        for repo in self.repos:
+            unknown = set(repo.environments) - set(self.environments)
+            if unknown:
+                raise ValueError(f"repo {repo.name} names unknown environments {sorted(unknown)}")
+        if self.default_repo and self.default_repo not in {r.name for r in self.repos}:
+            raise ValueError(f"default_repo {self.default_repo} is not in repos")
+        if self.default_environment not in self.environments:
+            raise ValueError(f"default_environment {self.default_environment} is not defined")
+        return self
+
+    @property
+    def digest_hex(self) -> str:
+        return sha256_digest(self.model_dump(mode="json"))
+
+    def repo(self, name: str) -> RepoRule | None:
+        return next((r for r in self.repos if r.name == name), None)
+
+    def main_repo(self) -> RepoRule:
+        chosen = self.repo(self.default_repo) if self.default_repo else None
+        return chosen or self.repos[0]
+
+    def environment(self, name: str) -> EnvironmentRule:
+        return self.environments[name]
+
+    def is_named_approver(self, user_id: str) -> bool:
+        return user_id in self.approvers.users
+
+
+class ConstitutionError(ValueError):
+    """The constitution file is missing or invalid."""
+
+
+def parse_constitution(text: str) -> Constitution:
+    try:
+        data: Any = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConstitutionError(f"constitution is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConstitutionError("constitution must be a YAML mapping")
+    try:
+        return Constitution.model_validate(data)
+    except ValueError as exc:
+        raise ConstitutionError(f"constitution is invalid: {exc}") from exc
+
+
+def load_constitution(path: str | Path) -> Constitution:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConstitutionError(f"cannot read constitution {path}: {exc}") from exc
+    return parse_constitution(text)

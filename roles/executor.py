@@ -1,0 +1,394 @@
+"""The SOPHIE loop, in one place.
+
+    directive → Φ interpret → Σ propose → Δ evaluate → Ω card
+              → Ω decisions (signed) → Σ dispatch → track → Ψ remember → thread
+
+Each public method is one step that a Slack listener or a background job
+calls; state lives in the store, so any replica can pick up any step.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+
+from roles import anchor, diff_engine, integrator, memory, navigator
+from roles.attestation import decision_statement, sign_statement
+from roles.constitution import Constitution
+from roles.plan import ApprovalLevel, Plan
+from roles.ports import (
+    CIGateway,
+    Directory,
+    Notifier,
+    Planner,
+    PlanningFailed,
+    PlanStore,
+    Scheduler,
+    Signer,
+)
+from roles.records import (
+    Actor,
+    Decision,
+    DecisionRecord,
+    Directive,
+    PlanRecord,
+    PlanStatus,
+    RunInfo,
+)
+
+log = logging.getLogger("sophie.executor")
+
+EVENT_TTL_SECONDS = 24 * 3600
+BOT_TEAM = "sophie"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """What the person who clicked is told (ephemerally)."""
+
+    ok: bool
+    text: str
+
+
+@dataclass(frozen=True)
+class Tuning:
+    poll_seconds: float = 10.0
+    max_polls: int = 720
+    # Where a workflow fetches plan + envelopes too large for dispatch inputs.
+    bundle_url: Callable[[str], str] | None = None
+
+
+class Sophie:
+    def __init__(
+        self,
+        *,
+        constitution: Callable[[], Constitution],
+        planner: Planner,
+        store: PlanStore,
+        signer: Signer,
+        ci: CIGateway,
+        notifier: Notifier,
+        scheduler: Scheduler,
+        directory: Directory,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        tuning: Tuning = Tuning(),
+    ) -> None:
+        self.constitution = constitution
+        self.planner = planner
+        self.store = store
+        self.signer = signer
+        self.ci = ci
+        self.notifier = notifier
+        self.scheduler = scheduler
+        self.directory = directory
+        self.clock = clock
+        self.tuning = tuning
+
+    # -- directive in ------------------------------------------------------
+
+    async def receive(self, directive: Directive) -> bool:
+        """Accept a directive once per Slack event; the planning runs as a job."""
+        if not await self.store.claim_event(f"event:{directive.event_id}", EVENT_TTL_SECONDS):
+            log.info("duplicate event %s ignored", directive.event_id)
+            return False
+        await self.scheduler.enqueue(
+            "plan", f"plan:{directive.event_id}", {"directive": _directive_payload(directive)}
+        )
+        return True
+
+    async def plan(self, directive: Directive) -> PlanRecord | None:
+        """Φ Σ Δ: interpret, propose, evaluate; then post the card."""
+        constitution = self.constitution()
+        reading = navigator.interpret(directive.text, constitution)
+        if not directive.thread.thread_ts:
+            thread = await self.notifier.open_thread(
+                directive.thread.channel, directive.requester.user_id, reading.text
+            )
+            directive = replace(directive, thread=thread)
+        if not reading.text:
+            await self.notifier.post_text(directive.thread, "That directive is empty.")
+            return None
+        precedent = await self.store.precedent(reading.repo.name, reading.intent.value, 3)
+        try:
+            proposal = await self.planner.propose(reading, constitution, precedent)
+        except PlanningFailed as exc:
+            log.warning("planning failed for %s: %s", directive.event_id, exc)
+            await self.notifier.post_text(
+                directive.thread, f"I could not produce a valid plan: {exc}. Nothing will run."
+            )
+            return None
+        verdict = diff_engine.evaluate(
+            proposal.draft, reading, constitution, proposal.confidence, proposal.disagreements
+        )
+        plan_id = integrator.plan_id_for(directive.event_id)
+        existing = await self.store.load(plan_id)
+        if existing is not None:
+            # A retried job: the plan exists; make sure its card was posted, nothing more.
+            if existing.card_ts is None:
+                existing.card_ts = await self.notifier.post_card(existing)
+                await self.store.set_card(plan_id, existing.card_ts)
+            return existing
+        plan = integrator.assemble(
+            plan_id,
+            self.clock().replace(microsecond=0),
+            reading,
+            directive.requester,
+            proposal,
+            verdict,
+            constitution,
+        )
+        status = PlanStatus.PENDING if verdict.allowed else PlanStatus.BLOCKED
+        record = PlanRecord(plan=plan, status=status, thread=directive.thread)
+        await self.store.save_new(record)
+        record.card_ts = await self.notifier.post_card(record)
+        await self.store.set_card(plan.id, record.card_ts)
+        log.info("plan %s for %s: %s", plan.id, directive.event_id, status.value)
+        if status == PlanStatus.PENDING:
+            await self._start_approval(record, constitution)
+        return record
+
+    async def _start_approval(self, record: PlanRecord, constitution: Constitution) -> None:
+        level = record.plan.approval.level
+        if level == ApprovalLevel.AUTONOMOUS:
+            await self._bot_decides(
+                record, constitution, f"environments.{record.plan.target.environment}"
+            )
+        elif level == ApprovalLevel.NOTIFICATION:
+            window = constitution.environment(record.plan.target.environment).veto_window_seconds
+            await self.scheduler.enqueue(
+                "veto_window", f"window:{record.plan.id}", {"plan_id": record.plan.id}, window
+            )
+
+    async def veto_window_closed(self, plan_id: str) -> None:
+        record = await self.store.load(plan_id)
+        if record is None or record.status != PlanStatus.PENDING:
+            return
+        await self._bot_decides(record, self.constitution(), "veto-window-elapsed")
+
+    async def _bot_decides(self, record: PlanRecord, constitution: Constitution, rule: str) -> None:
+        bot = Actor(team_id=BOT_TEAM, user_id=f"sophie:{self.signer.keyid}", name="SOPHIE")
+        decision = self._signed(record.plan, constitution, bot, "approve", rule)
+        result = await self.store.decide(record.plan.id, record.plan.digest, decision, 0)
+        if result.accepted:
+            await self._maybe_approve(record.plan.id)
+
+    # -- Ω decisions ---------------------------------------------------------
+
+    def _signed(
+        self,
+        plan: Plan,
+        constitution: Constitution,
+        actor: Actor,
+        decision: Decision,
+        rule: str = "",
+        groups: tuple[str, ...] = (),
+        reason: str = "",
+    ) -> DecisionRecord:
+        now = self.clock()
+        statement = decision_statement(
+            plan,
+            actor,
+            decision,
+            now,
+            timedelta(seconds=plan.approval.ttl_seconds),
+            constitution.digest_hex,
+            rule,
+            groups,
+        )
+        return DecisionRecord(
+            actor=actor,
+            decision=decision,
+            at=now,
+            groups=groups,
+            reason=reason,
+            envelope=sign_statement(statement, self.signer),
+        )
+
+    async def decide(
+        self, plan_id: str, digest_prefix: str, actor: Actor, decision: Decision, reason: str = ""
+    ) -> Reply:
+        """An approver clicked Approve or Veto on a card showing digest ``digest_prefix``."""
+        record = await self.store.load(plan_id)
+        if record is None:
+            return Reply(False, "I have no record of that plan.")
+        plan = record.plan
+        if not plan.digest.startswith(digest_prefix):
+            return Reply(False, "This card is out of date: the plan changed since it was posted.")
+        if record.status != PlanStatus.PENDING:
+            return Reply(False, f"This plan is already {record.status.value}.")
+        constitution = self.constitution()
+        now = self.clock()
+        if anchor.expired(plan, now):
+            if await self.store.transition(
+                plan_id, {PlanStatus.PENDING}, PlanStatus.EXPIRED, "approval time-to-live passed"
+            ):
+                await self._refresh_card(plan_id)
+            return Reply(False, "This plan has expired; ask again for a fresh plan.")
+        if plan.constitution.digest != constitution.digest_hex:
+            if await self.store.transition(
+                plan_id, {PlanStatus.PENDING}, PlanStatus.STALE, "the constitution changed"
+            ):
+                await self._refresh_card(plan_id)
+            return Reply(False, "The constitution changed since this plan was made; it is stale.")
+        groups = await self.directory.groups_of(actor.user_id, list(constitution.approvers.groups))
+        why = anchor.refusal(constitution, record, actor, groups, decision)
+        if why:
+            log.info("refused %s on %s by %s: %s", decision, plan_id, actor.user_id, why)
+            return Reply(False, f"You can't {decision} this plan: {why}.")
+        signed = self._signed(
+            plan, constitution, actor, decision, groups=tuple(sorted(groups)), reason=reason
+        )
+        result = await self.store.decide(plan_id, plan.digest, signed, plan.approval.quorum)
+        if not result.accepted:
+            return Reply(False, result.reason or f"This plan is already {result.status.value}.")
+        if decision == "veto":
+            await self._refresh_card(plan_id)
+            return Reply(True, "Vetoed. Nothing will run.")
+        ready = await self._maybe_approve(plan_id)
+        if not ready:
+            await self._refresh_card(plan_id)
+        return Reply(True, "Approved and signed." if ready else "Approval recorded and signed.")
+
+    async def _maybe_approve(self, plan_id: str) -> bool:
+        record = await self.store.load(plan_id)
+        if record is None:
+            return False
+        if anchor.check_quorum(record, self.constitution(), self.signer, self.clock()) is not None:
+            return False
+        if await self.store.transition(plan_id, {PlanStatus.PENDING}, PlanStatus.APPROVED):
+            await self.scheduler.enqueue("dispatch", f"dispatch:{plan_id}", {"plan_id": plan_id})
+            await self._refresh_card(plan_id)
+        return True
+
+    async def _refresh_card(self, plan_id: str) -> None:
+        await self.scheduler.enqueue(
+            "card", f"card:{plan_id}:{self.clock().timestamp()}", {"plan_id": plan_id}
+        )
+
+    async def refresh_card(self, plan_id: str) -> None:
+        record = await self.store.load(plan_id)
+        if record is not None and record.card_ts:
+            await self.notifier.update_card(record)
+
+    # -- Σ execution ---------------------------------------------------------
+
+    async def dispatch(self, plan_id: str) -> None:
+        if not await self.store.transition(plan_id, {PlanStatus.APPROVED}, PlanStatus.DISPATCHING):
+            log.info("plan %s not dispatched: not in approved state", plan_id)
+            return
+        record = await self.store.load(plan_id)
+        assert record is not None
+        constitution = self.constitution()
+        why = anchor.check_quorum(record, constitution, self.signer, self.clock())
+        if why:
+            await self.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.STALE, why)
+            await self.notifier.post_text(record.thread, f"Not dispatched: {why}.")
+            await self.refresh_card(plan_id)
+            return
+        envelopes = [d.envelope for d in record.approvals]
+        bundle_url = self.tuning.bundle_url(plan_id) if self.tuning.bundle_url else None
+        try:
+            inputs = integrator.workflow_inputs(record.plan, envelopes, bundle_url)
+            run = await self.ci.dispatch(record.plan, inputs)
+        except Exception as exc:  # the thread must hear about any dispatch failure
+            log.exception("dispatch of %s failed", plan_id)
+            await self.store.transition(
+                plan_id, {PlanStatus.DISPATCHING}, PlanStatus.ERROR, str(exc)[:300]
+            )
+            await self.notifier.post_text(record.thread, f"Dispatch failed: {str(exc)[:300]}")
+            await self.refresh_card(plan_id)
+            return
+        record.run = run
+        record.status = PlanStatus.RUNNING
+        run.message_ts = await self.notifier.post_run_status(record)
+        await self.store.save_run(plan_id, run)
+        await self.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.RUNNING)
+        await self.scheduler.enqueue(
+            "track",
+            f"track:{plan_id}:0",
+            {"plan_id": plan_id},
+            0 if run.dry_run else self.tuning.poll_seconds,
+        )
+
+    async def track(self, plan_id: str) -> bool:
+        """One look at the run; schedules the next unless it has finished. True when done."""
+        record = await self.store.load(plan_id)
+        if record is None or record.run is None or record.status != PlanStatus.RUNNING:
+            return True
+        previous = record.run
+        try:
+            run = await self.ci.refresh(record.plan, previous)
+        except Exception:
+            log.exception("could not refresh run of %s; will retry", plan_id)
+            run = previous
+        run.polls = previous.polls + 1
+        run.message_ts = previous.message_ts
+        record.run = run
+        if (run.status, run.current_job, run.current_step) != (
+            previous.status,
+            previous.current_job,
+            previous.current_step,
+        ):
+            await self.notifier.post_run_status(record)
+        await self.store.save_run(plan_id, run)
+        if run.status != "completed":
+            if run.polls >= self.tuning.max_polls:
+                await self._finish(record, PlanStatus.FAILED, "gave up tracking the run")
+                return True
+            await self.scheduler.enqueue(
+                "track",
+                f"track:{plan_id}:{run.polls}",
+                {"plan_id": plan_id},
+                self.tuning.poll_seconds,
+            )
+            return False
+        await self._finish(record, PlanStatus.SUCCEEDED if run.succeeded else PlanStatus.FAILED)
+        return True
+
+    async def _finish(self, record: PlanRecord, status: PlanStatus, note: str = "") -> None:
+        plan_id = record.plan.id
+        if not await self.store.transition(plan_id, {PlanStatus.RUNNING}, status, note):
+            return
+        record.status = status
+        constitution = self.constitution()
+        # Ψ: remember the outcome and move trust, except for dry runs which prove nothing.
+        await self.store.remember(record.plan, status)
+        assert record.run is not None
+        if not record.run.dry_run:
+            key = memory.trust_key(record.plan.target.repo, record.plan.target.environment)
+            current = await self.store.trust(key, constitution.trust.initial)
+            await self.store.set_trust(
+                key, memory.next_trust(current, status == PlanStatus.SUCCEEDED, constitution.trust)
+            )
+        await self.notifier.post_result(record)
+        await self.refresh_card(plan_id)
+
+
+def _directive_payload(d: Directive) -> dict[str, str]:
+    return {
+        "text": d.text,
+        "team_id": d.requester.team_id,
+        "user_id": d.requester.user_id,
+        "user_name": d.requester.name,
+        "channel": d.thread.channel,
+        "thread_ts": d.thread.thread_ts,
+        "source": d.source,
+        "event_id": d.event_id,
+    }
+
+
+def directive_from_payload(p: dict[str, str]) -> Directive:
+    from roles.records import Thread
+
+    return Directive(
+        text=p["text"],
+        requester=Actor(team_id=p["team_id"], user_id=p["user_id"], name=p["user_name"]),
+        thread=Thread(channel=p["channel"], thread_ts=p["thread_ts"]),
+        source=p["source"],  # type: ignore[arg-type]
+        event_id=p["event_id"],
+    )
+
+
+__all__ = ["Reply", "RunInfo", "Sophie", "Tuning", "directive_from_payload"]

@@ -1,0 +1,112 @@
+"""The protocols (ports) through which the roles reach the outside world."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from roles.constitution import Constitution
+from roles.draft import PlanDraft
+from roles.navigator import Reading
+from roles.plan import Plan
+from roles.records import (
+    DecideResult,
+    DecisionRecord,
+    Directive,
+    PlanRecord,
+    PlanStatus,
+    RunInfo,
+    Thread,
+)
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A planner's answer: the chosen draft and how much to trust it."""
+
+    draft: PlanDraft
+    planner: str  # "offline" or "llm"
+    models: list[str]
+    confidence: float
+    disagreements: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+class PlanningFailed(Exception):
+    """No acceptable plan could be produced; the message is safe to show."""
+
+
+class Planner(Protocol):
+    offline: bool
+
+    async def propose(
+        self, reading: Reading, constitution: Constitution, precedent: list[str]
+    ) -> Proposal: ...
+
+
+class PlanStore(Protocol):
+    async def claim_event(self, key: str, ttl_seconds: int) -> bool: ...
+    async def save_new(self, record: PlanRecord) -> None: ...
+    async def load(self, plan_id: str) -> PlanRecord | None: ...
+    async def set_card(self, plan_id: str, card_ts: str) -> None: ...
+    async def decide(
+        self, plan_id: str, digest: str, record: DecisionRecord, quorum: int
+    ) -> DecideResult: ...
+    async def transition(
+        self, plan_id: str, from_: set[PlanStatus], to: PlanStatus, note: str = ""
+    ) -> bool: ...
+    async def save_run(self, plan_id: str, run: RunInfo) -> None: ...
+    async def recent(self, limit: int) -> list[PlanRecord]: ...
+    async def trust(self, key: str, initial: float) -> float: ...
+    async def set_trust(self, key: str, value: float) -> None: ...
+    async def remember(self, plan: Plan, status: PlanStatus) -> None: ...
+    async def precedent(self, repo: str, intent: str, limit: int) -> list[str]: ...
+
+
+class Signer(Protocol):
+    @property
+    def keyid(self) -> str: ...
+
+    def sign(self, data: bytes) -> bytes: ...
+    def verify(self, keyid: str, data: bytes, signature: bytes) -> bool: ...
+
+
+class CIGateway(Protocol):
+    dry_run: bool
+
+    async def dispatch(self, plan: Plan, inputs: dict[str, str]) -> RunInfo: ...
+    async def refresh(self, plan: Plan, run: RunInfo) -> RunInfo: ...
+
+
+class Notifier(Protocol):
+    async def open_thread(self, channel: str, requester: str, text: str) -> Thread: ...
+    async def post_card(self, record: PlanRecord) -> str: ...
+    async def update_card(self, record: PlanRecord) -> None: ...
+    async def post_run_status(self, record: PlanRecord) -> str | None: ...
+    async def post_result(self, record: PlanRecord) -> None: ...
+    async def post_text(self, thread: Thread, text: str) -> None: ...
+    async def tell_user(self, thread: Thread, user_id: str, text: str) -> None: ...
+
+
+class Directory(Protocol):
+    async def groups_of(self, user_id: str, candidate_groups: list[str]) -> set[str]: ...
+
+
+class Scheduler(Protocol):
+    async def enqueue(
+        self, job: str, key: str, payload: dict[str, Any], delay_seconds: float = 0
+    ) -> None: ...
+
+
+__all__ = [
+    "CIGateway",
+    "Directive",
+    "Directory",
+    "Notifier",
+    "PlanStore",
+    "Planner",
+    "PlanningFailed",
+    "Proposal",
+    "Scheduler",
+    "Signer",
+]

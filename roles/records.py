@@ -1,0 +1,135 @@
+"""What SOPHIE remembers about a plan while it moves from card to deployment."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from roles.plan import Plan
+
+
+class PlanStatus(enum.StrEnum):
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    APPROVED = "approved"
+    DISPATCHING = "dispatching"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    VETOED = "vetoed"
+    EXPIRED = "expired"
+    STALE = "stale"
+    ERROR = "error"
+
+    @property
+    def final(self) -> bool:
+        return self in _FINAL
+
+
+_FINAL = {
+    PlanStatus.BLOCKED,
+    PlanStatus.SUCCEEDED,
+    PlanStatus.FAILED,
+    PlanStatus.VETOED,
+    PlanStatus.EXPIRED,
+    PlanStatus.STALE,
+    PlanStatus.ERROR,
+}
+
+Decision = Literal["approve", "veto"]
+
+
+@dataclass(frozen=True)
+class Actor:
+    team_id: str
+    user_id: str
+    name: str = ""
+
+    @property
+    def is_bot(self) -> bool:
+        return self.user_id.startswith("sophie:")
+
+
+@dataclass(frozen=True)
+class Thread:
+    """Where the conversation about a plan happens."""
+
+    channel: str
+    thread_ts: str
+
+
+@dataclass(frozen=True)
+class Directive:
+    text: str
+    requester: Actor
+    thread: Thread
+    source: Literal["mention", "command", "message", "cli"]
+    event_id: str
+
+
+@dataclass(frozen=True)
+class DecisionRecord:
+    actor: Actor
+    decision: Decision
+    at: datetime
+    envelope: dict[str, Any]
+    groups: tuple[str, ...] = ()
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Link:
+    name: str
+    url: str
+
+
+@dataclass
+class RunInfo:
+    dry_run: bool
+    status: Literal["queued", "in_progress", "completed"]
+    conclusion: str | None = None
+    run_id: int | None = None
+    html_url: str | None = None
+    staging_url: str | None = None
+    artifacts: list[Link] = field(default_factory=list)
+    current_job: str | None = None
+    current_step: str | None = None
+    failing_job: str | None = None
+    failing_step: str | None = None
+    log_url: str | None = None
+    head_sha: str | None = None
+    message_ts: str | None = None
+    polls: int = 0
+    detail: str = ""
+
+    @property
+    def succeeded(self) -> bool:
+        return self.status == "completed" and self.conclusion in ("success", "dry_run")
+
+
+@dataclass
+class PlanRecord:
+    plan: Plan
+    status: PlanStatus
+    thread: Thread
+    card_ts: str | None = None
+    decisions: list[DecisionRecord] = field(default_factory=list)
+    run: RunInfo | None = None
+    note: str = ""
+
+    @property
+    def approvals(self) -> list[DecisionRecord]:
+        return [d for d in self.decisions if d.decision == "approve"]
+
+    @property
+    def veto(self) -> DecisionRecord | None:
+        return next((d for d in self.decisions if d.decision == "veto"), None)
+
+
+@dataclass(frozen=True)
+class DecideResult:
+    accepted: bool
+    status: PlanStatus
+    reason: str = ""

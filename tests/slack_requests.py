@@ -1,0 +1,119 @@
+"""Build and sign requests exactly as Slack sends them to the app."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlencode
+
+from slack_sdk.signature import SignatureVerifier
+
+TEAM = "T0SOPHIE01"
+BOT_USER = "U0SOPHIEBOT"
+
+
+def signed_headers(
+    secret: str, body: str, timestamp: int | None = None, content_type: str = "application/json"
+) -> dict[str, str]:
+    ts = str(int(time.time()) if timestamp is None else timestamp)
+    signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    return {
+        "Content-Type": content_type,
+        "X-Slack-Request-Timestamp": ts,
+        "X-Slack-Signature": signature,
+    }
+
+
+def mention_event(
+    text: str,
+    user: str,
+    channel: str,
+    ts: str | None = None,
+    event_id: str | None = None,
+    thread_ts: str | None = None,
+) -> dict[str, Any]:
+    ts = ts or f"{time.time():.6f}"
+    event: dict[str, Any] = {
+        "type": "app_mention",
+        "user": user,
+        "text": f"<@{BOT_USER}> {text}",
+        "ts": ts,
+        "channel": channel,
+        "event_ts": ts,
+    }
+    if thread_ts:
+        event["thread_ts"] = thread_ts
+    return {
+        "token": "legacy-verification-token",
+        "team_id": TEAM,
+        "api_app_id": "A0SOPHIEAPP",
+        "event": event,
+        "type": "event_callback",
+        "event_id": event_id or f"Ev{uuid.uuid4().hex[:10].upper()}",
+        "event_time": int(time.time()),
+        "authorizations": [{"team_id": TEAM, "user_id": BOT_USER, "is_bot": True}],
+    }
+
+
+def block_action(
+    action_id: str,
+    value: str,
+    user: str,
+    channel: str,
+    message_ts: str,
+    response_url: str,
+    trigger_id: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "type": "block_actions",
+        "team": {"id": TEAM, "domain": "sophie"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "api_app_id": "A0SOPHIEAPP",
+        "token": "legacy-verification-token",
+        "container": {
+            "type": "message",
+            "message_ts": message_ts,
+            "channel_id": channel,
+            "is_ephemeral": False,
+        },
+        "trigger_id": trigger_id or f"{int(time.time())}.{uuid.uuid4().int % 10**12}.abc",
+        "channel": {"id": channel, "name": "deploys"},
+        "message": {"type": "message", "ts": message_ts, "text": "card"},
+        "response_url": response_url,
+        "actions": [
+            {
+                "action_id": action_id,
+                "block_id": "decision",
+                "value": value,
+                "type": "button",
+                "action_ts": f"{time.time():.6f}",
+            }
+        ],
+    }
+
+
+def form_body(payload: dict[str, Any]) -> str:
+    return urlencode({"payload": json.dumps(payload)})
+
+
+def command_body(
+    text: str, user: str, channel: str, response_url: str, trigger_id: str | None = None
+) -> str:
+    return urlencode(
+        {
+            "token": "legacy-verification-token",
+            "team_id": TEAM,
+            "team_domain": "sophie",
+            "channel_id": channel,
+            "channel_name": "deploys",
+            "user_id": user,
+            "user_name": user.lower(),
+            "command": "/sophie",
+            "text": text,
+            "api_app_id": "A0SOPHIEAPP",
+            "response_url": response_url,
+            "trigger_id": trigger_id or f"{int(time.time())}.{uuid.uuid4().int % 10**12}.cmd",
+        }
+    )
