@@ -7,6 +7,7 @@ with a message safe to show in Slack, and nothing is dispatched.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from typing import Any
@@ -17,6 +18,8 @@ from openai.types.chat import ChatCompletionMessageParam
 from openai.types.shared_params import ResponseFormatJSONSchema
 from pydantic import ValidationError
 
+from roles import consensus, diff_engine
+from roles.consensus import Candidate
 from roles.constitution import Constitution
 from roles.draft import PlanDraft, draft_json_schema
 from roles.navigator import Reading
@@ -64,7 +67,7 @@ def _describe(exc: Exception) -> str:
 
 
 class LLMPlanner:
-    """Implements :class:`roles.ports.Planner` with one model."""
+    """Implements :class:`roles.ports.Planner`: every configured model, then consensus."""
 
     offline = False
 
@@ -121,39 +124,74 @@ class LLMPlanner:
             raise LLMError("the model's answer was cut off")
         return choice.message.content or ""
 
-    async def draft_from(self, model: str, messages: list[ChatCompletionMessageParam]) -> PlanDraft:
-        content = await self._ask(model, messages)
+    async def candidate(
+        self,
+        model: str,
+        messages: list[ChatCompletionMessageParam],
+        reading: Reading,
+        constitution: Constitution,
+    ) -> Candidate:
+        """One model's plan, checked against the schema and the constitution, repaired once."""
         try:
-            return PlanDraft.model_validate_json(content)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
-                for e in exc.errors()[:10]
-            )
-            log.info("model %s gave an invalid plan, asking once more: %s", model, problems)
+            content = await self._ask(model, messages)
+            draft, problems = _check(content, reading, constitution)
+            if not problems:
+                return Candidate(model=model, draft=draft)
+            log.info("model %s gave an unusable plan, asking once more: %s", model, problems)
             repair: list[ChatCompletionMessageParam] = [
                 *messages,
                 {"role": "assistant", "content": content[:4000]},
                 {
                     "role": "user",
-                    "content": "That reply does not match the schema: "
-                    f"{problems}. Reply again with corrected JSON only.",
+                    "content": "That reply cannot be used: "
+                    + "; ".join(problems)
+                    + ". Reply again with corrected JSON only.",
                 },
             ]
             content = await self._ask(model, repair)
-            try:
-                return PlanDraft.model_validate_json(content)
-            except ValidationError as exc2:
-                raise LLMError(
-                    f"the model's plan was invalid twice ({exc2.error_count()} problems)"
-                ) from exc2
+            draft, problems = _check(content, reading, constitution)
+        except LLMError as exc:
+            return Candidate(model=model, draft=None, problems=[str(exc)])
+        if problems:
+            summary = f"the plan was unusable twice ({len(problems)} problems: {problems[0]})"
+            return Candidate(model=model, draft=None, problems=[summary], repaired=True)
+        return Candidate(model=model, draft=draft, repaired=True)
 
     async def propose(
         self, reading: Reading, constitution: Constitution, precedent: list[str]
     ) -> Proposal:
-        model = self.models[0]
+        messages = self._messages(reading, constitution, precedent)
+        candidates = list(
+            await asyncio.gather(
+                *(self.candidate(m, messages, reading, constitution) for m in self.models)
+            )
+        )
         try:
-            draft = await self.draft_from(model, self._messages(reading, constitution, precedent))
-        except LLMError as exc:
-            raise PlanningFailed(f"{model}: {exc}") from exc
-        return Proposal(draft=draft, planner="llm", models=[model], confidence=0.7)
+            agreed = consensus.build(candidates)
+        except ValueError as exc:
+            reasons = "; ".join(f"{c.model}: {c.problems[0]}" for c in candidates if c.problems)
+            raise PlanningFailed(reasons or str(exc)) from exc
+        assert agreed.chosen.draft is not None
+        return Proposal(
+            draft=agreed.chosen.draft,
+            planner="llm",
+            models=[c.model for c in candidates],
+            confidence=agreed.confidence,
+            disagreements=agreed.disagreements,
+            notes=[f"Chosen plan from {agreed.chosen.model}", *agreed.notes],
+            agreement=agreed.agreement if len(candidates) > 1 else None,
+        )
+
+
+def _check(
+    content: str, reading: Reading, constitution: Constitution
+) -> tuple[PlanDraft | None, list[str]]:
+    try:
+        draft = PlanDraft.model_validate_json(content)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}"
+            for e in exc.errors()[:10]
+        ]
+        return None, [f"it does not match the schema ({'; '.join(problems)})"]
+    return draft, diff_engine.draft_problems(draft, reading, constitution)

@@ -95,6 +95,8 @@ def card(record: PlanRecord) -> list[Block]:
         if plan.provenance.planner == "offline"
         else "LLM: " + ", ".join(escape(m, 60) for m in plan.provenance.models)
     )
+    if plan.provenance.agreement is not None:
+        planner += f" (agreement {plan.provenance.agreement:.0%})"
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": f"Σ Plan {plan.id}"}},
         _section(
@@ -122,6 +124,14 @@ def card(record: PlanRecord) -> list[Block]:
         ),
         _section(_rules(plan)),
     ]
+    if plan.provenance.disagreements:
+        blocks.append(
+            _section(
+                ":warning: *The models disagree* on "
+                + ", ".join(escape(d, 100) for d in plan.provenance.disagreements)
+                + ": the approval requirement was raised."
+            )
+        )
     blocks += _state_blocks(record)
     blocks.append(
         _context(

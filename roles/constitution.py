@@ -16,6 +16,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     field_validator,
     model_validator,
@@ -75,8 +76,34 @@ class RiskThresholds(_Closed):
     critical: float = 0.8
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class BusinessHours(_Closed):
+    """Changes outside these hours carry extra risk (fewer people around to fix them)."""
+
+    timezone: str = "UTC"
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS[:5]))
+    start: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "09:00"
+    end: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "17:00"
+    weight: float = Field(default=0.15, ge=0, le=1)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
 class RiskRules(_Closed):
     thresholds: RiskThresholds = RiskThresholds()
+    business_hours: BusinessHours | None = None
     # Below this confidence a plan needs at least ``approval``.
     low_confidence: float = Field(default=0.6, ge=0, le=1)
     # Risk level at or above which the approval level is raised.
@@ -117,7 +144,9 @@ class Constitution(_Closed):
     approval_ttl_seconds: int = Field(default=86400, gt=0, le=30 * 86400)
     trust: TrustRules = TrustRules()
     digest: DigestRules = DigestRules()
+    # Folder of conftest-style Rego policies, relative to the constitution file.
     policies_dir: str | None = None
+    _policy_sources: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _consistent(self) -> Constitution:
@@ -132,8 +161,16 @@ class Constitution(_Closed):
         return self
 
     @property
+    def policy_sources(self) -> dict[str, str]:
+        return dict(self._policy_sources)
+
+    @property
     def digest_hex(self) -> str:
-        return sha256_digest(self.model_dump(mode="json"))
+        # Policies are part of the rules: editing one voids approvals like editing this file.
+        doc: Any = self.model_dump(mode="json")
+        if self._policy_sources:
+            doc = {"constitution": doc, "policies": self._policy_sources}
+        return sha256_digest(doc)
 
     def repo(self, name: str) -> RepoRule | None:
         return next((r for r in self.repos if r.name == name), None)
@@ -153,7 +190,7 @@ class ConstitutionError(ValueError):
     """The constitution file is missing or invalid."""
 
 
-def parse_constitution(text: str) -> Constitution:
+def parse_constitution(text: str, policies: dict[str, str] | None = None) -> Constitution:
     try:
         data: Any = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -161,9 +198,18 @@ def parse_constitution(text: str) -> Constitution:
     if not isinstance(data, dict):
         raise ConstitutionError("constitution must be a YAML mapping")
     try:
-        return Constitution.model_validate(data)
+        constitution = Constitution.model_validate(data)
     except ValueError as exc:
         raise ConstitutionError(f"constitution is invalid: {exc}") from exc
+    if policies:
+        from roles import policies as rego
+
+        try:
+            rego.check(policies)
+        except rego.PolicyError as exc:
+            raise ConstitutionError(f"a policy does not compile: {exc}") from exc
+        constitution._policy_sources = dict(policies)
+    return constitution
 
 
 def load_constitution(path: str | Path) -> Constitution:
@@ -171,4 +217,18 @@ def load_constitution(path: str | Path) -> Constitution:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConstitutionError(f"cannot read constitution {path}: {exc}") from exc
-    return parse_constitution(text)
+    return parse_constitution(text, _read_policies(Path(path), text))
+
+
+def _read_policies(path: Path, text: str) -> dict[str, str]:
+    data = yaml.safe_load(text)
+    folder = data.get("policies_dir") if isinstance(data, dict) else None
+    if not folder:
+        return {}
+    directory = (path.parent / str(folder)).resolve()
+    if not directory.is_dir():
+        raise ConstitutionError(f"policies_dir {folder!r} is not a folder next to {path.name}")
+    try:
+        return {p.name: p.read_text(encoding="utf-8") for p in sorted(directory.glob("*.rego"))}
+    except OSError as exc:
+        raise ConstitutionError(f"cannot read policies in {directory}: {exc}") from exc

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
 
-from roles.constitution import Constitution
+from roles import policies
+from roles.constitution import WEEKDAYS, Constitution
 from roles.draft import PlanDraft
 from roles.navigator import Reading
 from roles.plan import (
@@ -55,7 +59,24 @@ def _level_for(score: float, constitution: Constitution) -> RiskLevel:
     return RiskLevel.LOW
 
 
-def assess_risk(draft: PlanDraft, reading: Reading, constitution: Constitution) -> Risk:
+def out_of_hours(constitution: Constitution, now: datetime) -> str | None:
+    """Why ``now`` is outside the constitution's business hours, or None."""
+    hours = constitution.risk.business_hours
+    if hours is None:
+        return None
+    local = now.astimezone(ZoneInfo(hours.timezone))
+    day = WEEKDAYS[local.weekday()]
+    clock = local.strftime("%H:%M")
+    if day not in hours.days:
+        return f"{day.capitalize()} is outside business days ({hours.timezone})"
+    if not hours.start <= clock < hours.end:
+        return f"{clock} is outside business hours {hours.start}–{hours.end} ({hours.timezone})"
+    return None
+
+
+def assess_risk(
+    draft: PlanDraft, reading: Reading, constitution: Constitution, now: datetime | None = None
+) -> Risk:
     env_rule = constitution.environment(reading.environment)
     actions = [s.action for s in draft.steps]
     text = " ".join([reading.text, *(s.description for s in draft.steps)])
@@ -82,6 +103,10 @@ def assess_risk(draft: PlanDraft, reading: Reading, constitution: Constitution) 
         add("blast-radius", f"{len(draft.steps)} steps: a wide change", 0.1)
     if Action.DEPLOY not in actions and Action.ROLLBACK not in actions:
         add("no-deploy", "Nothing is deployed; artifacts only", 0.0)
+    elif constitution.risk.business_hours is not None:
+        why = out_of_hours(constitution, now or datetime.now(UTC))
+        if why:
+            add("out-of-hours", why, constitution.risk.business_hours.weight)
 
     score = round(min(1.0, sum(f.weight for f in factors)), 3)
     level = max_risk(_level_for(score, constitution), draft.risk.level)
@@ -89,6 +114,85 @@ def assess_risk(draft: PlanDraft, reading: Reading, constitution: Constitution) 
         if mf.id not in {f.id for f in factors}:
             factors.append(RiskFactor(id=mf.id, message=mf.message, weight=0.0))
     return Risk(level=level, score=score, factors=factors, mitigations=draft.risk.mitigations)
+
+
+_ENV_INPUTS = ("environment", "env", "target_environment")
+_REPO_INPUTS = ("repo", "repository")
+
+
+def draft_problems(draft: PlanDraft, reading: Reading, constitution: Constitution) -> list[str]:
+    """Where a model's draft strays outside what the constitution and Φ fixed.
+
+    These are fed back to the model for one repair; a draft that still has any
+    is not used.
+    """
+    problems = []
+    allowed = set(constitution.actions)
+    known_envs = set(constitution.environments)
+    known_repos = {r.name for r in constitution.repos}
+    for n, step in enumerate(draft.steps, start=1):
+        if step.action not in allowed:
+            problems.append(f"step {n} uses action '{step.action.value}', which is not allowed")
+        for item in step.inputs:
+            value = item.value.strip()
+            if item.name in _ENV_INPUTS and value.lower() != reading.environment:
+                where = "unknown" if value.lower() not in known_envs else "a different"
+                problems.append(
+                    f"step {n} targets {where} environment '{value[:40]}'; "
+                    f"the target is '{reading.environment}'"
+                )
+            if item.name in _REPO_INPUTS and value != reading.repo.name:
+                where = "unknown" if value not in known_repos else "a different"
+                problems.append(
+                    f"step {n} names {where} repository '{value[:60]}'; "
+                    f"the target is '{reading.repo.name}'"
+                )
+    targeting = (Action.DEPLOY, Action.ROLLBACK, Action.DB_MIGRATION, Action.SMOKE_TEST)
+    for n, step in enumerate(draft.steps, start=1):
+        if step.action not in targeting:
+            continue
+        for env in known_envs - {reading.environment}:
+            if re.search(rf"\b{re.escape(env)}\b", step.description, re.I):
+                problems.append(
+                    f"step {n} ({step.action.value}) speaks of '{env}'; "
+                    f"the target is '{reading.environment}'"
+                )
+    for rule in constitution.forbidden:
+        texts = [draft.summary, *(s.description for s in draft.steps)]
+        if any(re.search(rule.pattern, t, re.I) for t in texts):
+            problems.append(f"the plan matches forbidden rule '{rule.id}': {rule.message}")
+    return problems
+
+
+def policy_input(
+    draft: PlanDraft, reading: Reading, risk: Risk, approval: Approval, constitution: Constitution
+) -> dict[str, Any]:
+    """What Rego policies see: the plan as it will be, before anyone approves it."""
+    return {
+        "apiVersion": "sophie/v1",
+        "directive": reading.text,
+        "intent": reading.intent.value,
+        "summary": draft.summary,
+        "target": {
+            "repo": reading.repo.name,
+            "environment": reading.environment,
+            "ref": reading.ref,
+            "workflow": reading.repo.workflow,
+        },
+        "steps": [
+            {
+                "action": s.action.value,
+                "description": s.description,
+                "inputs": {i.name: i.value for i in s.inputs},
+            }
+            for s in draft.steps
+        ],
+        "artifacts": list(dict.fromkeys([*reading.artifacts, *draft.artifacts])),
+        "risk": risk.model_dump(mode="json"),
+        "rollback": draft.rollback.model_dump(mode="json"),
+        "approval": approval.model_dump(mode="json"),
+        "constitution": {"version": constitution.version},
+    }
 
 
 def _denials(draft: PlanDraft, reading: Reading, constitution: Constitution) -> list[RuleHit]:
@@ -168,13 +272,24 @@ def evaluate(
     constitution: Constitution,
     confidence: float,
     disagreements: list[str] | None = None,
+    now: datetime | None = None,
 ) -> Verdict:
-    risk = assess_risk(draft, reading, constitution)
+    risk = assess_risk(draft, reading, constitution, now)
     approval = decide_approval(reading, risk, constitution, confidence, disagreements or [])
     warnings = [p for p in reading.problems if p.effect == "warn"]
+    denials = _denials(draft, reading, constitution)
+    try:
+        verdicts = policies.evaluate(
+            constitution.policy_sources, policy_input(draft, reading, risk, approval, constitution)
+        )
+    except policies.PolicyError as exc:
+        # A policy that cannot run must not let a plan through unchecked.
+        verdicts = policies.PolicyResult(
+            denials=[RuleHit(id="policy.error", message=str(exc)[:300], effect="deny")]
+        )
     return Verdict(
         risk=risk,
         approval=approval,
-        denials=_denials(draft, reading, constitution),
-        warnings=warnings,
+        denials=[*denials, *verdicts.denials],
+        warnings=[*warnings, *verdicts.warnings],
     )

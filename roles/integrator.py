@@ -76,7 +76,10 @@ def assemble(
         confidence=round(proposal.confidence, 3),
         approval=verdict.approval,
         provenance=Provenance(
-            planner="offline" if proposal.planner == "offline" else "llm", models=proposal.models
+            planner="offline" if proposal.planner == "offline" else "llm",
+            models=proposal.models,
+            agreement=proposal.agreement,
+            disagreements=proposal.disagreements,
         ),
         constitution=ConstitutionRef(version=constitution.version, digest=constitution.digest_hex),
         warnings=[*verdict.warnings, *verdict.denials],

@@ -108,7 +108,26 @@ def _find_environment(text: str, constitution: Constitution) -> tuple[str | None
     return sorted(found)[0][1], unknown
 
 
+def _other_environments(text: str, chosen: str, constitution: Constitution) -> list[str]:
+    lowered = text.lower()
+    return [
+        name
+        for name, rule in constitution.environments.items()
+        if name != chosen
+        and any(
+            re.search(rf"\b{re.escape(w.lower())}\b", lowered)
+            for w in _words_for_env(name, rule.aliases)
+        )
+    ]
+
+
+_GITHUB_URL = re.compile(r"https?://(?:www\.)?github\.com/", re.I)
+_URL = re.compile(r"\b(?:https?|ftp)://\S+", re.I)
+
+
 def _find_repo(text: str, constitution: Constitution) -> tuple[RepoRule | None, list[str]]:
+    # A GitHub link names its repo; any other URL names none.
+    text = _URL.sub(" ", _GITHUB_URL.sub("", text))
     lowered = text.lower()
     for repo in constitution.repos:
         short = repo.name.split("/", 1)[1]
@@ -161,6 +180,16 @@ def interpret(raw: str, constitution: Constitution) -> Reading:
         )
     if env is None:
         env = constitution.default_environment
+    others = _other_environments(text, env, constitution)
+    if others:
+        problems.append(
+            RuleHit(
+                id="target.other-environments",
+                message=f"The directive also names {', '.join(others)}; "
+                f"this plan targets '{env}' only",
+                effect="warn",
+            )
+        )
     if env not in repo.environments:
         problems.append(
             RuleHit(

@@ -166,6 +166,8 @@ class Approval(_Closed):
 class Provenance(_Closed):
     planner: Literal["offline", "llm"]
     models: list[str] = Field(default_factory=list)
+    agreement: float | None = Field(default=None, ge=0.0, le=1.0)
+    disagreements: list[ShortText] = Field(default_factory=list)
 
 
 class ConstitutionRef(_Closed):

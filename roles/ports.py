@@ -30,6 +30,7 @@ class Proposal:
     confidence: float
     disagreements: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    agreement: float | None = None  # between models, when more than one was asked
 
 
 class PlanningFailed(Exception):
