@@ -197,7 +197,10 @@ async def _plan(settings: Settings, text: str, as_json: bool) -> int:
                     "plan": plan.document(),
                     "digest": plan.digest,
                     "allowed": verdict.allowed,
+                    "approval": plan.approval.model_dump(mode="json"),
+                    "risk": plan.risk.model_dump(mode="json"),
                     "denials": [d.model_dump() for d in verdict.denials],
+                    "warnings": [w.model_dump() for w in verdict.warnings],
                 },
                 indent=2,
             )
@@ -212,6 +215,8 @@ async def _plan(settings: Settings, text: str, as_json: bool) -> int:
     print(f"# approval: {plan.approval.level.value} (quorum {plan.approval.quorum})")
     for hit in plan.approval.reasons:
         print(f"#   - {hit.id}: {hit.message}")
+    for hit in verdict.warnings:
+        print(f"# warning {hit.id}: {hit.message}")
     if verdict.denials:
         print("# BLOCKED by the constitution:")
         for hit in verdict.denials:

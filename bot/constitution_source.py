@@ -20,12 +20,22 @@ class ConstitutionSource:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._mtime = path.stat().st_mtime_ns
         self._current = load_constitution(path)
+        self._mtime = self._stamp()
+
+    def _stamp(self) -> tuple[int, ...]:
+        """The file's mtime and its policies' (adding, editing or removing one counts)."""
+        stamps = [self.path.stat().st_mtime_ns]
+        if self._current.policies_dir:
+            folder = self.path.parent / self._current.policies_dir
+            if folder.is_dir():
+                stamps.append(folder.stat().st_mtime_ns)
+                stamps += [p.stat().st_mtime_ns for p in sorted(folder.glob("*.rego"))]
+        return tuple(stamps)
 
     def __call__(self) -> Constitution:
         try:
-            mtime = self.path.stat().st_mtime_ns
+            mtime = self._stamp()
         except OSError:
             log.error(
                 "constitution %s disappeared; keeping version %s", self.path, self._current.version

@@ -231,9 +231,13 @@ def decide_approval(
         )
     ]
 
+    base = level
+
     def raise_to(target: ApprovalLevel, rule_id: str, message: str) -> None:
+        # Every rule that asks for more than the environment is listed, even when an
+        # earlier one already raised the level as far: the card shows all the reasons.
         nonlocal level
-        if target.rank > level.rank:
+        if target.rank > base.rank:
             level = max_approval(level, target)
             reasons.append(RuleHit(id=rule_id, message=message, effect="raise_approval"))
 

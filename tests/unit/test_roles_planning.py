@@ -96,24 +96,69 @@ async def test_digest_changes_with_any_edit(constitution: Constitution) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "intent", "env"),
+    ("text", "intent", "env", "actions", "rollback"),
     [
-        ("Deploy the web frontend to production", Intent.DEPLOY, "production"),
-        ("roll back staging", Intent.ROLLBACK, "staging"),
-        ("Build .deb and .dmg artifacts of auth", Intent.BUILD, "staging"),
-        ("Change the session timeout config in staging", Intent.CONFIG, "staging"),
-        ("Run the migration adding an index to users in staging", Intent.MIGRATION, "staging"),
-        ("Bump the requests library version and deploy", Intent.DEPENDENCY, "staging"),
-        ("Fix the login bug and ship it to prod", Intent.FIX, "production"),
+        (
+            "Deploy the web frontend to production",
+            Intent.DEPLOY,
+            "production",
+            {"deploy", "smoke_test"},
+            "redeploy_previous",
+        ),
+        ("roll back staging", Intent.ROLLBACK, "staging", {"rollback"}, "redeploy_previous"),
+        (
+            "Build .deb and .dmg artifacts of auth",
+            Intent.BUILD,
+            "staging",
+            {"build", "test", "build_artifact", "publish_artifact"},
+            "redeploy_previous",
+        ),
+        (
+            "Change the session timeout config in staging",
+            Intent.CONFIG,
+            "staging",
+            {"config_change", "deploy"},
+            "revert_commit",
+        ),
+        (
+            "Run the migration adding an index to users in staging",
+            Intent.MIGRATION,
+            "staging",
+            {"db_migration", "test"},
+            "restore_backup",
+        ),
+        (
+            "Bump the requests library version and deploy",
+            Intent.DEPENDENCY,
+            "staging",
+            {"dependency_update", "deploy"},
+            "redeploy_previous",
+        ),
+        (
+            "Fix the login bug and ship it to prod",
+            Intent.FIX,
+            "production",
+            {"code_change", "test", "deploy"},
+            "redeploy_previous",
+        ),
     ],
 )
 async def test_common_directives(
-    constitution: Constitution, text: str, intent: Intent, env: str
+    constitution: Constitution,
+    text: str,
+    intent: Intent,
+    env: str,
+    actions: set[str],
+    rollback: str,
 ) -> None:
     plan = await _plan(text, constitution)
     assert plan.interpretation.intent == intent
     assert plan.target.environment == env
-    assert plan.steps and plan.rollback.description
+    assert actions <= {s.action.value for s in plan.steps}
+    assert plan.rollback.strategy == rollback and plan.rollback.description
+    assert not [w for w in plan.warnings if w.effect == "deny"]
+    if intent == Intent.BUILD:
+        assert {"deb", "dmg"} <= set(plan.artifacts)
 
 
 async def test_production_needs_supervision_with_two_approvers(constitution: Constitution) -> None:
@@ -175,8 +220,11 @@ def test_constitution_schema_is_closed() -> None:
 
 def test_constitution_digest_tracks_content(constitution: Constitution) -> None:
     text = (ROOT / "constitution.yml").read_text()
-    assert parse_constitution(text).digest_hex == constitution.digest_hex
-    assert parse_constitution(text.replace("version: 1", "version: 2")).digest_hex != (
+    policies = constitution.policy_sources
+    assert policies, "the shipped constitution names its policies"
+    assert parse_constitution(text, policies).digest_hex == constitution.digest_hex
+    assert parse_constitution(text).digest_hex != constitution.digest_hex
+    assert parse_constitution(text.replace("version: 1", "version: 2"), policies).digest_hex != (
         constitution.digest_hex
     )
 
