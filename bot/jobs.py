@@ -79,6 +79,9 @@ FUNCTIONS = [
     _job("track", lambda s, p: s.track(p["plan_id"])),
     _job("card", lambda s, p: s.refresh_card(p["plan_id"])),
     _job("veto_window", lambda s, p: s.veto_window_closed(p["plan_id"])),
+    _job("expire", lambda s, p: s.expire(p["plan_id"])),
+    _job("remind", lambda s, p: s.remind(p["plan_id"])),
+    _job("revise", lambda s, p: s.revise(p["plan_id"], p["feedback"])),
 ]
 
 

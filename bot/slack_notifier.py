@@ -9,6 +9,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers import blocks
 from handlers.text import escape, user
+from roles.ports import CardContext
 from roles.records import PlanRecord, Thread
 
 log = logging.getLogger("sophie.slack")
@@ -27,24 +28,24 @@ class SlackNotifier:
         )
         return Thread(channel=channel, thread_ts=str(resp["ts"]))
 
-    async def post_card(self, record: PlanRecord) -> str:
+    async def post_card(self, record: PlanRecord, context: CardContext) -> str:
         resp = await self.client.chat_postMessage(
             channel=record.thread.channel,
             thread_ts=record.thread.thread_ts,
             text=blocks.card_fallback(record),
-            blocks=blocks.card(record),
+            blocks=blocks.card(record, context.changes, context.window_ends),
             unfurl_links=False,
             unfurl_media=False,
         )
         return str(resp["ts"])
 
-    async def update_card(self, record: PlanRecord) -> None:
+    async def update_card(self, record: PlanRecord, context: CardContext) -> None:
         assert record.card_ts is not None
         await self.client.chat_update(
             channel=record.thread.channel,
             ts=record.card_ts,
             text=blocks.card_fallback(record),
-            blocks=blocks.card(record),
+            blocks=blocks.card(record, context.changes, context.window_ends),
         )
 
     async def post_run_status(self, record: PlanRecord) -> str | None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.text import escape, truncate, user
-from roles.plan import ApprovalLevel, Plan
+from roles.anchor import still_needed
+from roles.plan import ApprovalLevel, Plan, RiskLevel
+from roles.plan_diff import PlanDiff
 from roles.records import PlanRecord, PlanStatus
 
 Block = dict[str, Any]
@@ -13,6 +15,10 @@ Block = dict[str, Any]
 APPROVE = "sophie_approve"
 VETO = "sophie_veto"
 VIEW_PLAN = "sophie_view_plan"
+REQUEST_CHANGES = "sophie_request_changes"
+VETO_MODAL = "sophie_veto_modal"
+CHANGES_MODAL = "sophie_changes_modal"
+REASON_INPUT = ("reason", "reason_input")  # block_id, action_id of the modal's text input
 
 _RISK_EMOJI = {"low": "🟢", "medium": "🟡", "high": "🟠", "critical": "🔴"}
 _STATUS_LINE = {
@@ -24,6 +30,7 @@ _STATUS_LINE = {
     PlanStatus.VETOED: "⛔ Vetoed",
     PlanStatus.EXPIRED: "⌛ Expired",
     PlanStatus.STALE: "♻️ Stale",
+    PlanStatus.SUPERSEDED: "✏️ Changes requested — superseded by a revised plan",
     PlanStatus.BLOCKED: "🚫 Blocked by the constitution",
     PlanStatus.ERROR: "⚠️ Error",
 }
@@ -86,8 +93,14 @@ def _rules(plan: Plan) -> str:
     return truncate("*Rules that fired*\n" + "\n".join(lines), 3000)
 
 
-def card(record: PlanRecord) -> list[Block]:
-    """The plan card: what will happen, how risky, who must approve, and the buttons."""
+def card(
+    record: PlanRecord, changes: PlanDiff | None = None, window_ends: float | None = None
+) -> list[Block]:
+    """The plan card: what will happen, how risky, who must approve, and the buttons.
+
+    ``changes`` is the diff against the plan this one revises; ``window_ends`` the
+    epoch second a notification-level plan runs unless vetoed.
+    """
     plan = record.plan
     target = plan.target
     planner = (
@@ -98,7 +111,7 @@ def card(record: PlanRecord) -> list[Block]:
     if plan.provenance.agreement is not None:
         planner += f" (agreement {plan.provenance.agreement:.0%})"
     blocks: list[Block] = [
-        {"type": "header", "text": {"type": "plain_text", "text": f"Σ Plan {plan.id}"}},
+        {"type": "header", "text": {"type": "plain_text", "text": _title(plan)}},
         _section(
             f"*Directive* from {user(plan.requester.user_id)}\n>{escape(plan.directive, 900)}"
         ),
@@ -132,7 +145,9 @@ def card(record: PlanRecord) -> list[Block]:
                 + ": the approval requirement was raised."
             )
         )
-    blocks += _state_blocks(record)
+    if plan.revises:
+        blocks[1:1] = _revision_blocks(plan, changes)
+    blocks += _state_blocks(record, window_ends)
     blocks.append(
         _context(
             f"Planned by the {planner}",
@@ -142,20 +157,45 @@ def card(record: PlanRecord) -> list[Block]:
     return blocks
 
 
-def _state_blocks(record: PlanRecord) -> list[Block]:
+def _state_blocks(record: PlanRecord, window_ends: float | None = None) -> list[Block]:
     plan = record.plan
     if record.status != PlanStatus.PENDING:
         return [_section(_final_line(record))]
     blocks: list[Block] = []
     if plan.approval.quorum > 1 or record.approvals:
         given = ", ".join(user(d.actor.user_id) for d in record.approvals) or "none yet"
+        needed = still_needed(record)
+        line = f"Approvals {len(record.approvals)}/{plan.approval.quorum}: {given}"
+        if needed:
+            line += " · still needed: " + ", ".join(needed)
+        blocks.append(_context(line))
+    if plan.approval.level == ApprovalLevel.NOTIFICATION and window_ends is not None:
         blocks.append(
-            _context(f"Approvals {len(record.approvals)}/{plan.approval.quorum}: {given}")
+            _context(
+                f"⏱ Runs <!date^{int(window_ends)}^{{time}}|when the veto window ends> "
+                "unless someone vetoes it"
+            )
         )
     buttons: list[Block] = []
-    if plan.approval.level != ApprovalLevel.AUTONOMOUS:
-        buttons.append(_button(APPROVE, "Approve", plan, "primary"))
+    if plan.approval.level not in (ApprovalLevel.AUTONOMOUS, ApprovalLevel.NOTIFICATION):
+        approve = _button(APPROVE, "Approve", plan, "primary")
+        if plan.risk.level.rank >= RiskLevel.HIGH.rank:
+            # A deliberate second tap for risky plans (mobile fat-finger protection).
+            approve["confirm"] = {
+                "title": {"type": "plain_text", "text": "Approve a risky plan?"},
+                "text": {
+                    "type": "mrkdwn",
+                    "text": f"Risk is *{plan.risk.level.value}* for "
+                    f"`{plan.target.repo}` → *{plan.target.environment}*. "
+                    "Your approval will be signed with your Slack identity.",
+                },
+                "confirm": {"type": "plain_text", "text": "Approve and sign"},
+                "deny": {"type": "plain_text", "text": "Cancel"},
+                "style": "danger",
+            }
+        buttons.append(approve)
     buttons.append(_button(VETO, "Veto", plan, "danger"))
+    buttons.append(_button(REQUEST_CHANGES, "Request changes", plan))
     buttons.append(_button(VIEW_PLAN, "View plan YAML", plan))
     blocks.append({"type": "actions", "block_id": "decision", "elements": buttons})
     return blocks
@@ -274,7 +314,8 @@ def plan_modal(plan: Plan) -> dict[str, Any]:
         _context(f"digest sha256 `{plan.digest}`"),
     ]
     for piece in pieces[:95]:
-        blocks.append(_section("```" + piece.replace("```", "ʼʼʼ") + "```"))
+        safe = piece.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+        blocks.append(_section("```" + safe.replace("```", "ʼʼʼ") + "```"))
     if len(pieces) > 95:
         blocks.append(_context("… truncated; the full plan is in the workflow inputs."))
     return {
@@ -306,3 +347,93 @@ def home(records: list[PlanRecord]) -> dict[str, Any]:
             )
         )
     return {"type": "home", "blocks": blocks}
+
+
+def _title(plan: Plan) -> str:
+    return f"Σ Plan {plan.id}" + (f" · revision {plan.revision}" if plan.revision > 1 else "")
+
+
+def _revision_blocks(plan: Plan, changes: PlanDiff | None) -> list[Block]:
+    asked = escape(plan.changes_requested or "", 600)
+    lines = [f"*Revision {plan.revision}* of `{plan.revises}` — changes requested:\n>{asked}"]
+    if changes is not None:
+        lines.append(diff_text(changes))
+    return [_section(truncate("\n".join(lines), 3000))]
+
+
+def diff_text(changes: PlanDiff) -> str:
+    """What changed against the previous version, for people reviewing the revision."""
+    if changes.empty:
+        return "_No change to steps, risk or approval._"
+    out = ["*What changed*"]
+    out += [f"➕ `{s.action.value}` {escape(s.description, 200)}" for s in changes.added[:10]]
+    out += [f"➖ `{s.action.value}` {escape(s.description, 200)}" for s in changes.removed[:10]]
+    out += [
+        f"✏️ `{after.action.value}` {escape(after.description, 200)}"
+        for _, after in changes.changed[:10]
+    ]
+    if changes.target:
+        out.append(f"🎯 Target: {changes.target[0]} → {changes.target[1]}")
+    if changes.risk:
+        out.append(f"⚠️ Risk: {changes.risk[0]} → {changes.risk[1]}")
+    if changes.approval:
+        out.append(f"🛡 Approval: {changes.approval[0]} → {changes.approval[1]}")
+    if changes.artifacts_added or changes.artifacts_removed:
+        out.append(
+            "📦 Artifacts: "
+            + " ".join(
+                [
+                    *(f"+{a}" for a in changes.artifacts_added),
+                    *(f"−{a}" for a in changes.artifacts_removed),
+                ]
+            )
+        )
+    out.append("_Approvals given to the previous version do not carry over._")
+    return "\n".join(out)
+
+
+def reason_modal(callback_id: str, plan: Plan, *, title: str, label: str, submit: str) -> Block:
+    """A modal asking for a reason (veto) or feedback (request changes)."""
+    block_id, action_id = REASON_INPUT
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "private_metadata": button_value(plan),
+        "title": {"type": "plain_text", "text": title},
+        "submit": {"type": "plain_text", "text": submit},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": [
+            _section(
+                f"`{plan.id}` · {escape(plan.interpretation.summary, 500)}\n"
+                f"{plan.target.repo} → *{plan.target.environment}*"
+            ),
+            {
+                "type": "input",
+                "block_id": block_id,
+                "label": {"type": "plain_text", "text": label},
+                "element": {
+                    "type": "plain_text_input",
+                    "action_id": action_id,
+                    "multiline": True,
+                    "min_length": 3,
+                    "max_length": 2000,
+                },
+            },
+        ],
+    }
+
+
+def veto_modal(plan: Plan) -> Block:
+    return reason_modal(
+        VETO_MODAL, plan, title="Veto plan", label="Why are you vetoing it?", submit="Veto"
+    )
+
+
+def changes_modal(plan: Plan) -> Block:
+    return reason_modal(
+        CHANGES_MODAL,
+        plan,
+        title="Request changes",
+        label="What should change?",
+        submit="Revise plan",
+    )

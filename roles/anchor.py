@@ -84,7 +84,8 @@ def check_quorum(
         return f"{len(valid)} of {needed} approvals"
     if level == ApprovalLevel.SUPERVISION:
         env_rule = constitution.environment(plan.target.environment)
-        missing = _missing_groups(list(valid.values()), env_rule.distinct_groups)
+        groups = list(dict.fromkeys([*plan.approval.distinct_groups, *env_rule.distinct_groups]))
+        missing = _missing_groups(list(valid.values()), groups)
         if missing:
             return "needs an approver from " + ", ".join(missing)
     return None
@@ -99,3 +100,18 @@ def _missing_groups(approvers: list[tuple[str, ...]], groups: list[str]) -> list
                 remaining.remove(group)
                 break
     return remaining
+
+
+def still_needed(record: PlanRecord) -> list[str]:
+    """What a pending plan still waits for, in words for the card and reminders."""
+    plan = record.plan
+    if plan.approval.level in (ApprovalLevel.AUTONOMOUS, ApprovalLevel.NOTIFICATION):
+        return []
+    approvals = record.approvals
+    needed = []
+    missing = plan.approval.quorum - len({d.actor.user_id for d in approvals})
+    if missing > 0:
+        needed.append(f"{missing} more approver{'s' if missing > 1 else ''}")
+    for group in _missing_groups([d.groups for d in approvals], plan.approval.distinct_groups):
+        needed.append(f"an approver from group {group}")
+    return needed

@@ -266,7 +266,11 @@ def decide_approval(
     else:
         quorum = 0
     return Approval(
-        level=level, quorum=quorum, ttl_seconds=constitution.approval_ttl_seconds, reasons=reasons
+        level=level,
+        quorum=quorum,
+        ttl_seconds=constitution.approval_ttl_seconds,
+        reasons=reasons,
+        distinct_groups=env_rule.distinct_groups if level == ApprovalLevel.SUPERVISION else [],
     )
 
 

@@ -14,11 +14,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from roles import anchor, diff_engine, integrator, memory, navigator
+from roles import anchor, diff_engine, integrator, memory, navigator, plan_diff
 from roles.attestation import decision_statement, sign_statement
 from roles.constitution import Constitution
 from roles.plan import ApprovalLevel, Plan
 from roles.ports import (
+    CardContext,
     CIGateway,
     Directory,
     Notifier,
@@ -41,6 +42,7 @@ from roles.records import (
 log = logging.getLogger("sophie.executor")
 
 EVENT_TTL_SECONDS = 24 * 3600
+REMINDER_LEAD_SECONDS = 3600
 BOT_TEAM = "sophie"
 
 
@@ -98,10 +100,18 @@ class Sophie:
         )
         return True
 
-    async def plan(self, directive: Directive) -> PlanRecord | None:
-        """Φ Σ Δ: interpret, propose, evaluate; then post the card."""
+    async def plan(
+        self, directive: Directive, previous: PlanRecord | None = None, feedback: str = ""
+    ) -> PlanRecord | None:
+        """Φ Σ Δ: interpret, propose, evaluate; then post the card.
+
+        With ``previous`` and ``feedback`` this is a revision after "request changes".
+        """
         constitution = self.constitution()
-        reading = navigator.interpret(directive.text, constitution)
+        if previous is not None:
+            reading = navigator.revise(previous.plan.directive, feedback, constitution)
+        else:
+            reading = navigator.interpret(directive.text, constitution)
         if not directive.thread.thread_ts:
             thread = await self.notifier.open_thread(
                 directive.thread.channel, directive.requester.user_id, reading.text
@@ -127,7 +137,9 @@ class Sophie:
         if existing is not None:
             # A retried job: the plan exists; make sure its card was posted, nothing more.
             if existing.card_ts is None:
-                existing.card_ts = await self.notifier.post_card(existing)
+                existing.card_ts = await self.notifier.post_card(
+                    existing, await self._card_context(existing)
+                )
                 await self.store.set_card(plan_id, existing.card_ts)
             return existing
         plan = integrator.assemble(
@@ -139,15 +151,131 @@ class Sophie:
             verdict,
             constitution,
         )
+        if previous is not None:
+            plan = Plan.model_validate(
+                {
+                    **plan.document(),
+                    "directive": previous.plan.directive,
+                    "revision": previous.plan.revision + 1,
+                    "revises": previous.plan.id,
+                    "changes_requested": feedback[:4000] or None,
+                }
+            )
         status = PlanStatus.PENDING if verdict.allowed else PlanStatus.BLOCKED
         record = PlanRecord(plan=plan, status=status, thread=directive.thread)
         await self.store.save_new(record)
-        record.card_ts = await self.notifier.post_card(record)
+        record.card_ts = await self.notifier.post_card(record, await self._card_context(record))
         await self.store.set_card(plan.id, record.card_ts)
         log.info("plan %s for %s: %s", plan.id, directive.event_id, status.value)
         if status == PlanStatus.PENDING:
+            await self._schedule_expiry(plan)
             await self._start_approval(record, constitution)
         return record
+
+    async def _card_context(self, record: PlanRecord) -> CardContext:
+        plan = record.plan
+        changes = None
+        if plan.revises:
+            previous = await self.store.load(plan.revises)
+            if previous is not None:
+                changes = plan_diff.diff(previous.plan, plan)
+        window_ends = None
+        if plan.approval.level == ApprovalLevel.NOTIFICATION:
+            env = self.constitution().environments.get(plan.target.environment)
+            if env is not None:
+                window_ends = plan.created_at.timestamp() + env.veto_window_seconds
+        return CardContext(changes=changes, window_ends=window_ends)
+
+    async def _schedule_expiry(self, plan: Plan) -> None:
+        ttl = plan.approval.ttl_seconds
+        await self.scheduler.enqueue("expire", f"expire:{plan.id}", {"plan_id": plan.id}, ttl)
+        lead = min(REMINDER_LEAD_SECONDS, ttl // 10)
+        if plan.approval.level.rank >= ApprovalLevel.APPROVAL.rank and lead >= 60:
+            await self.scheduler.enqueue(
+                "remind", f"remind:{plan.id}", {"plan_id": plan.id}, ttl - lead
+            )
+
+    async def expire(self, plan_id: str) -> None:
+        """The approval time-to-live has passed: a pending plan can no longer run."""
+        record = await self.store.load(plan_id)
+        if record is None or record.status != PlanStatus.PENDING:
+            return
+        if not anchor.expired(record.plan, self.clock()):
+            return  # the job ran early (clock skew); the next click re-checks anyway
+        hours = record.plan.approval.ttl_seconds / 3600
+        note = f"approval time-to-live ({hours:g} h) passed; approvals given are void"
+        if await self.store.transition(plan_id, {PlanStatus.PENDING}, PlanStatus.EXPIRED, note):
+            await self.notifier.post_text(
+                record.thread, f"Plan {plan_id} expired: {note}. Ask again for a fresh plan."
+            )
+            await self.refresh_card(plan_id)
+
+    async def remind(self, plan_id: str) -> None:
+        record = await self.store.load(plan_id)
+        if record is None or record.status != PlanStatus.PENDING:
+            return
+        ends = record.plan.created_at + timedelta(seconds=record.plan.approval.ttl_seconds)
+        minutes = max(1, int((ends - self.clock()).total_seconds() // 60))
+        needed = anchor.still_needed(record) or ["a decision"]
+        await self.notifier.post_text(
+            record.thread,
+            f"Plan {plan_id} expires in {minutes} min and still needs {', '.join(needed)}.",
+        )
+
+    # -- request changes -------------------------------------------------------
+
+    async def request_changes(
+        self, plan_id: str, digest_prefix: str, actor: Actor, feedback: str
+    ) -> Reply:
+        """Void the plan (and every approval of it) and have Σ revise it with the feedback."""
+        feedback = feedback.strip()
+        if not feedback:
+            return Reply(False, "Say what should change.")
+        record = await self.store.load(plan_id)
+        if record is None:
+            return Reply(False, "I have no record of that plan.")
+        if not record.plan.digest.startswith(digest_prefix):
+            return Reply(False, "This card is out of date: the plan changed since it was posted.")
+        if record.status != PlanStatus.PENDING:
+            return Reply(False, f"This plan is already {record.status.value}.")
+        constitution = self.constitution()
+        if actor.user_id != record.plan.requester.user_id:
+            groups = await self.directory.groups_of(
+                actor.user_id, list(constitution.approvers.groups)
+            )
+            why = anchor.refusal(constitution, record, actor, groups, "veto")
+            if why:
+                await self._refused(plan_id, actor, "request_changes", why)
+                return Reply(False, f"You can't request changes to this plan: {why}.")
+        note = f"changes requested by {actor.user_id}: {feedback[:300]}"
+        if not await self.store.transition(
+            plan_id, {PlanStatus.PENDING}, PlanStatus.SUPERSEDED, note
+        ):
+            return Reply(False, "This plan was decided in the meantime.")
+        await self.store.audit(
+            "plan.changes_requested", plan_id, actor.user_id, {"feedback": feedback[:2000]}
+        )
+        await self.refresh_card(plan_id)
+        await self.scheduler.enqueue(
+            "revise",
+            f"revise:{plan_id}",
+            {"plan_id": plan_id, "feedback": feedback[:2000], "user_id": actor.user_id},
+        )
+        return Reply(True, "Changes requested: earlier approvals are void; revising the plan.")
+
+    async def revise(self, plan_id: str, feedback: str) -> PlanRecord | None:
+        previous = await self.store.load(plan_id)
+        if previous is None or previous.status != PlanStatus.SUPERSEDED:
+            return None
+        requester = previous.plan.requester
+        directive = Directive(
+            text=previous.plan.directive,
+            requester=Actor(requester.team_id, requester.user_id, requester.name),
+            thread=previous.thread,
+            source="mention",
+            event_id=f"revise:{plan_id}",
+        )
+        return await self.plan(directive, previous=previous, feedback=feedback)
 
     async def _start_approval(self, record: PlanRecord, constitution: Constitution) -> None:
         level = record.plan.approval.level
@@ -206,10 +334,25 @@ class Sophie:
             envelope=sign_statement(statement, self.signer),
         )
 
+    async def _refused(self, plan_id: str, actor: Actor, what: str, why: str) -> None:
+        log.info("refused %s on %s by %s: %s", what, plan_id, actor.user_id, why)
+        await self.store.audit(
+            "decision.refused", plan_id, actor.user_id, {"decision": what, "reason": why}
+        )
+
     async def decide(
-        self, plan_id: str, digest_prefix: str, actor: Actor, decision: Decision, reason: str = ""
+        self,
+        plan_id: str,
+        digest_prefix: str,
+        actor: Actor,
+        decision: Decision,
+        reason: str = "",
+        check_only: bool = False,
     ) -> Reply:
-        """An approver clicked Approve or Veto on a card showing digest ``digest_prefix``."""
+        """An approver clicked Approve or Veto on a card showing digest ``digest_prefix``.
+
+        ``check_only`` answers whether they may, without deciding (before a veto modal).
+        """
         record = await self.store.load(plan_id)
         if record is None:
             return Reply(False, "I have no record of that plan.")
@@ -235,8 +378,10 @@ class Sophie:
         groups = await self.directory.groups_of(actor.user_id, list(constitution.approvers.groups))
         why = anchor.refusal(constitution, record, actor, groups, decision)
         if why:
-            log.info("refused %s on %s by %s: %s", decision, plan_id, actor.user_id, why)
+            await self._refused(plan_id, actor, decision, why)
             return Reply(False, f"You can't {decision} this plan: {why}.")
+        if check_only:
+            return Reply(True, "")
         signed = self._signed(
             plan, constitution, actor, decision, groups=tuple(sorted(groups)), reason=reason
         )
@@ -270,7 +415,7 @@ class Sophie:
     async def refresh_card(self, plan_id: str) -> None:
         record = await self.store.load(plan_id)
         if record is not None and record.card_ts:
-            await self.notifier.update_card(record)
+            await self.notifier.update_card(record, await self._card_context(record))
 
     # -- Σ execution ---------------------------------------------------------
 

@@ -8,7 +8,7 @@ so neither a person nor a model can steer a plan outside it.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from roles.constitution import Constitution, RepoRule
 from roles.plan import Intent, RuleHit
@@ -58,6 +58,7 @@ class Reading:
     component: str
     explicit_environment: bool
     intent_matched: bool = True
+    explicit_repo: bool = False
     problems: list[RuleHit] = field(default_factory=list)
 
 
@@ -213,5 +214,41 @@ def interpret(raw: str, constitution: Constitution) -> Reading:
         component=_component(text),
         explicit_environment=explicit,
         intent_matched=matched is not None,
+        explicit_repo=not outside_repos and _find_repo(text, constitution)[0] is not None,
+        problems=problems,
+    )
+
+
+def revise(directive: str, feedback: str, constitution: Constitution) -> Reading:
+    """Φ for "request changes": the directive as before, amended by the feedback.
+
+    The intent stays the directive's; an environment or repository named in the
+    feedback replaces the old one (still bounded by the constitution); artifacts
+    asked for in either are built.
+    """
+    before = interpret(directive, constitution)
+    asked = interpret(feedback, constitution)
+    repo = asked.repo if asked.explicit_repo else before.repo
+    env = asked.environment if asked.explicit_environment else before.environment
+    problems = [p for p in asked.problems if p.id != "target.environment-not-allowed"]
+    problems += [p for p in before.problems if p.id != "target.environment-not-allowed"]
+    if env not in repo.environments:
+        problems.append(
+            RuleHit(
+                id="target.environment-not-allowed",
+                message=f"{repo.name} may not be deployed to '{env}' under the constitution",
+                effect="deny",
+            )
+        )
+    artifacts = list(dict.fromkeys([*before.artifacts, *asked.artifacts]))
+    text = clean_text(f"{before.text}\n\nRequested changes: {asked.text}")
+    return replace(
+        before,
+        text=text,
+        environment=env,
+        repo=repo,
+        ref=repo.default_ref,
+        artifacts=artifacts,
+        explicit_environment=before.explicit_environment or asked.explicit_environment,
         problems=problems,
     )

@@ -96,6 +96,7 @@ RepoName = Annotated[
 ]
 ShortText = Annotated[str, StringConstraints(min_length=1, max_length=500)]
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=4000)]
+PlanId = Annotated[str, StringConstraints(pattern=r"^plan_[a-z0-9]{8,40}$")]
 
 
 class _Closed(BaseModel):
@@ -161,6 +162,10 @@ class Approval(_Closed):
     quorum: int = Field(ge=0, le=10)
     ttl_seconds: int = Field(gt=0)
     reasons: list[RuleHit] = Field(default_factory=list)
+    # Supervision may need one approver from each of these Slack user groups.
+    distinct_groups: list[Annotated[str, StringConstraints(pattern=r"^S[A-Z0-9]{2,20}$")]] = Field(
+        default_factory=list
+    )
 
 
 class Provenance(_Closed):
@@ -178,7 +183,7 @@ class ConstitutionRef(_Closed):
 class Plan(_Closed):
     apiVersion: Literal["sophie/v1"] = API_VERSION
     kind: Literal["Plan"] = "Plan"
-    id: Annotated[str, StringConstraints(pattern=r"^plan_[a-z0-9]{8,40}$")]
+    id: PlanId
     created_at: datetime
     directive: LongText
     requester: Requester
@@ -195,6 +200,10 @@ class Plan(_Closed):
     provenance: Provenance
     constitution: ConstitutionRef
     warnings: list[RuleHit] = Field(default_factory=list)
+    # A revision after "request changes": which plan it replaces and what was asked.
+    revision: int = Field(default=1, ge=1, le=100)
+    revises: PlanId | None = None
+    changes_requested: LongText | None = None
 
     def document(self) -> dict[str, Any]:
         """The plan as plain JSON-compatible data (what is hashed and shown)."""

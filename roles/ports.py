@@ -9,6 +9,7 @@ from roles.constitution import Constitution
 from roles.draft import PlanDraft
 from roles.navigator import Reading
 from roles.plan import Plan
+from roles.plan_diff import PlanDiff
 from roles.records import (
     DecideResult,
     DecisionRecord,
@@ -31,6 +32,15 @@ class Proposal:
     disagreements: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     agreement: float | None = None  # between models, when more than one was asked
+
+
+@dataclass(frozen=True)
+class CardContext:
+    """What the card shows beyond the record: the diff to the previous version, and
+    when a notification-level plan's veto window ends (epoch seconds)."""
+
+    changes: PlanDiff | None = None
+    window_ends: float | None = None
 
 
 class PlanningFailed(Exception):
@@ -59,6 +69,7 @@ class PlanStore(Protocol):
     async def save_run(self, plan_id: str, run: RunInfo) -> None: ...
     async def recent(self, limit: int) -> list[PlanRecord]: ...
     async def trust(self, key: str, initial: float) -> float: ...
+    async def audit(self, kind: str, plan_id: str, actor: str, detail: dict[str, Any]) -> str: ...
     async def set_trust(self, key: str, value: float) -> None: ...
     async def remember(self, plan: Plan, status: PlanStatus) -> None: ...
     async def precedent(self, repo: str, intent: str, limit: int) -> list[str]: ...
@@ -81,8 +92,8 @@ class CIGateway(Protocol):
 
 class Notifier(Protocol):
     async def open_thread(self, channel: str, requester: str, text: str) -> Thread: ...
-    async def post_card(self, record: PlanRecord) -> str: ...
-    async def update_card(self, record: PlanRecord) -> None: ...
+    async def post_card(self, record: PlanRecord, context: CardContext) -> str: ...
+    async def update_card(self, record: PlanRecord, context: CardContext) -> None: ...
     async def post_run_status(self, record: PlanRecord) -> str | None: ...
     async def post_result(self, record: PlanRecord) -> None: ...
     async def post_text(self, thread: Thread, text: str) -> None: ...
@@ -101,6 +112,7 @@ class Scheduler(Protocol):
 
 __all__ = [
     "CIGateway",
+    "CardContext",
     "Directive",
     "Directory",
     "Notifier",

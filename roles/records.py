@@ -21,6 +21,7 @@ class PlanStatus(enum.StrEnum):
     VETOED = "vetoed"
     EXPIRED = "expired"
     STALE = "stale"
+    SUPERSEDED = "superseded"  # changes were requested; a revised plan replaces it
     ERROR = "error"
 
     @property
@@ -35,6 +36,7 @@ _FINAL = {
     PlanStatus.VETOED,
     PlanStatus.EXPIRED,
     PlanStatus.STALE,
+    PlanStatus.SUPERSEDED,
     PlanStatus.ERROR,
 }
 
