@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import base64
+import copy
 import json
 import shutil
 import subprocess
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from nacl.signing import SigningKey
 
-from bot.signer import KeyRing, load_keyring, public_pem
+from bot.signer import KeyRing, keyid_for, load_keyring, public_pem
 from bot.verify import PublicKeys, verify
 from roles import anchor, diff_engine, integrator, navigator
 from roles.attestation import (
@@ -231,3 +233,65 @@ def test_generated_key_is_private_and_stable(tmp_path: Path) -> None:
     assert load_keyring(None, None, tmp_path).keyid == first.keyid
     seed = base64.b64encode(bytes(first.signing)).decode()
     assert load_keyring(seed, None, tmp_path / "other").keyid == first.keyid
+
+
+def _sslib_key(ring: KeyRing | bytes) -> Any:
+    from securesystemslib.signer import SSlibKey
+
+    public = ring if isinstance(ring, bytes) else ring.public
+    keyid = keyid_for(public)
+    return SSlibKey(keyid, "ed25519", "ed25519", {"public": public.hex()})
+
+
+async def test_securesystemslib_verifies_the_envelope_and_refuses_tampering(
+    constitution: Constitution, ring: KeyRing
+) -> None:
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.exceptions import VerificationError
+
+    plan = await make_plan(constitution, "deploy auth to staging")
+    good = decision(plan, constitution, ring, ALICE).envelope
+    verified = Envelope.from_dict(copy.deepcopy(good)).verify([_sslib_key(ring)], 1)
+    assert list(verified) == [keyid_for(ring.public)]
+
+    statement = json.loads(base64.b64decode(good["payload"]))
+    statement["predicate"]["approver"]["userId"] = "U0MALLORY9"
+    forged_payload = base64.b64encode(json.dumps(statement).encode()).decode()
+    flipped = bytearray(base64.b64decode(good["signatures"][0]["sig"]))
+    flipped[0] ^= 1
+    tampered = [
+        {**good, "payload": forged_payload},
+        {**good, "payloadType": "application/json"},
+        {
+            **good,
+            "signatures": [{**good["signatures"][0], "sig": base64.b64encode(flipped).decode()}],
+        },
+    ]
+    for envelope in tampered:
+        with pytest.raises(VerificationError):
+            Envelope.from_dict(copy.deepcopy(envelope)).verify([_sslib_key(ring)], 1)
+        with pytest.raises(EnvelopeError):
+            open_envelope(envelope, ring)
+    other = bytes(SigningKey.generate().verify_key)
+    with pytest.raises(VerificationError):
+        Envelope.from_dict(copy.deepcopy(good)).verify([_sslib_key(other)], 1)
+
+
+async def test_envelopes_signed_by_securesystemslib_verify_in_sophie(
+    constitution: Constitution, ring: KeyRing
+) -> None:
+    # The other direction: our PAE and encoding match the reference implementation.
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from securesystemslib.dsse import Envelope
+    from securesystemslib.signer import CryptoSigner
+
+    plan = await make_plan(constitution, "deploy auth to staging")
+    statement = decision_statement(
+        plan, ALICE, "approve", NOW, timedelta(hours=24), constitution.digest_hex
+    )
+    private = Ed25519PrivateKey.from_private_bytes(bytes(ring.signing))
+    signer = CryptoSigner(private, _sslib_key(ring))
+    envelope = Envelope(json.dumps(statement).encode(), PAYLOAD_TYPE, {})
+    envelope.sign(signer)
+    opened = open_envelope(envelope.to_dict(), ring)
+    assert opened.subject_digest == plan.digest
