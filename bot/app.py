@@ -196,6 +196,10 @@ def web_app(rt: Runtime) -> web.Application:
     async def keys(_: web.Request) -> web.StreamResponse:
         return web.json_response(rt.keyring.public_keys())
 
+    async def constitution(_: web.Request) -> web.StreamResponse:
+        # Public like the keys: verifiers need the exact rules a decision was made under.
+        return web.json_response(rt.sophie.constitution().bundle())
+
     async def plan_bundle(request: web.Request) -> web.StreamResponse:
         plan_id = request.match_info["plan_id"]
         token = request.query.get("token", "")
@@ -214,6 +218,7 @@ def web_app(rt: Runtime) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/.well-known/sophie/keys", keys)
+    app.router.add_get("/.well-known/sophie/constitution", constitution)
     app.router.add_get("/plans/{plan_id}/bundle", plan_bundle)
     return app
 

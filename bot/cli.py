@@ -39,7 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     verify = sub.add_parser("verify", help="verify signed decisions for a plan")
     verify.add_argument("envelopes", help="file (or base64 text) with one envelope or a list")
     verify.add_argument("--plan", required=True, help="plan file (YAML/JSON) or base64 text")
-    verify.add_argument("--constitution", default=None, help="default $SOPHIE_CONSTITUTION")
+    verify.add_argument(
+        "--constitution",
+        default=None,
+        help="constitution YAML, or the JSON from /.well-known/sophie/constitution "
+        "(default $SOPHIE_CONSTITUTION)",
+    )
+    verify.add_argument(
+        "--expect-digest",
+        default=None,
+        help="fail unless the plan's sha256 digest is this (the plan_digest workflow input)",
+    )
     verify.add_argument(
         "--keys",
         default=None,
@@ -256,7 +266,7 @@ def _pubkey(settings: Settings) -> int:
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from bot.signer import load_keyring
     from bot.verify import PublicKeys, load_keys, read_json_or_base64, verify
-    from roles.constitution import ConstitutionError, load_constitution
+    from roles.constitution import ConstitutionError, from_bundle, load_constitution
     from roles.plan import Plan
 
     def text_of(value: str) -> str:
@@ -268,7 +278,11 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         if isinstance(envelopes, dict):
             envelopes = [envelopes]
         plan = Plan.from_document(read_json_or_base64(text_of(args.plan)))
-        constitution = load_constitution(args.constitution or settings.constitution_path)
+        source = args.constitution or settings.constitution_path
+        if str(source).endswith(".json"):
+            constitution = from_bundle(json.loads(Path(source).read_text()))
+        else:
+            constitution = load_constitution(source)
         if args.keys:
             keys = load_keys(args.keys)
         else:
@@ -280,6 +294,13 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     except (OSError, ValueError, ConstitutionError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    expected = (args.expect_digest or "").removeprefix("sha256:")
+    if expected and expected != plan.digest:
+        print(
+            f"REJECTED: the plan's digest is sha256:{plan.digest}, not the expected {expected}",
+            file=sys.stderr,
+        )
+        return 1
     reason = verify(envelopes, plan, constitution, PublicKeys(keys))
     if reason:
         print(f"REJECTED: {reason}", file=sys.stderr)

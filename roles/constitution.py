@@ -147,6 +147,7 @@ class Constitution(_Closed):
     # Folder of conftest-style Rego policies, relative to the constitution file.
     policies_dir: str | None = None
     _policy_sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    _source_text: str = PrivateAttr(default="")
 
     @model_validator(mode="after")
     def _consistent(self) -> Constitution:
@@ -159,6 +160,15 @@ class Constitution(_Closed):
         if self.default_environment not in self.environments:
             raise ValueError(f"default_environment {self.default_environment} is not defined")
         return self
+
+    def bundle(self) -> dict[str, Any]:
+        """The rules as published for verifiers: the YAML, its policies and the digest."""
+        return {
+            "version": self.version,
+            "digest": self.digest_hex,
+            "yaml": self._source_text,
+            "policies": dict(self._policy_sources),
+        }
 
     @property
     def policy_sources(self) -> dict[str, str]:
@@ -209,6 +219,20 @@ def parse_constitution(text: str, policies: dict[str, str] | None = None) -> Con
         except rego.PolicyError as exc:
             raise ConstitutionError(f"a policy does not compile: {exc}") from exc
         constitution._policy_sources = dict(policies)
+    constitution._source_text = text
+    return constitution
+
+
+def from_bundle(doc: Any) -> Constitution:
+    """A constitution published by :meth:`Constitution.bundle`, checked against its digest."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("yaml"), str):
+        raise ConstitutionError("not a constitution bundle (expected yaml, policies, digest)")
+    policies = doc.get("policies") or {}
+    if not isinstance(policies, dict):
+        raise ConstitutionError("bundle policies must be a mapping of file name to text")
+    constitution = parse_constitution(doc["yaml"], {str(k): str(v) for k, v in policies.items()})
+    if doc.get("digest") and doc["digest"] != constitution.digest_hex:
+        raise ConstitutionError("bundle digest does not match its contents")
     return constitution
 
 
