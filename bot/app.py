@@ -26,7 +26,7 @@ from bot import jobs
 from bot.constitution_source import ConstitutionSource
 from bot.dry_run import DryRunGateway
 from bot.embedded_redis import EmbeddedRedis
-from bot.github_gateway import GitHubGateway
+from bot.github_gateway import GitHubGateway, make_auth
 from bot.llm import ATTRIBUTION, LLMPlanner
 from bot.metrics import HTTP_SECONDS, REGISTRY
 from bot.redis_store import RedisStore
@@ -99,9 +99,15 @@ def _planner(settings: Settings) -> Planner:
 
 
 def _ci(settings: Settings) -> CIGateway:
-    if settings.github_token is None:
+    if not settings.github_configured:
         return DryRunGateway()
-    return GitHubGateway(settings.github_token, settings.github_api_url)
+    auth = make_auth(
+        settings.github_token,
+        settings.github_app_id,
+        settings.github_app_private_key,
+        settings.github_app_installation_id,
+    )
+    return GitHubGateway(auth, settings.github_api_url)
 
 
 async def build_runtime(settings: Settings) -> Runtime:

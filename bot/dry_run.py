@@ -15,7 +15,7 @@ class DryRunGateway:
 
     dry_run = True
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str]) -> RunInfo:
+    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
         names = ", ".join(sorted(inputs))
         log.info("dry run: would dispatch %s for %s", plan.target.workflow, plan.id)
         return RunInfo(
@@ -26,6 +26,9 @@ class DryRunGateway:
                 f"with inputs {names}. Set GITHUB_TOKEN to execute for real."
             ),
         )
+
+    async def find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
+        return None
 
     async def refresh(self, plan: Plan, run: RunInfo) -> RunInfo:
         return RunInfo(dry_run=True, status="completed", conclusion="dry_run", detail=run.detail)

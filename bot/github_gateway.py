@@ -1,18 +1,84 @@
-"""Σ execution through GitHub Actions (PyGithub, run in a thread: it blocks)."""
+"""Σ execution through GitHub Actions with PyGithub (blocking: every call runs in a thread).
+
+Reads are retried on 5xx by urllib3; writes never are (a retried dispatch could
+start two runs), so a failed or unanswered dispatch surfaces as CIUncertain and
+the executor looks for the run by its correlation id before trying again. Rate
+limits surface as CIRateLimited with the wait GitHub asked for, so the executor
+can say so in the thread and reschedule instead of blocking a worker.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
 
-from github import Auth, Github, GithubException
+import requests
+from github import (
+    Auth,
+    Github,
+    GithubException,
+    RateLimitExceededException,
+    UnknownObjectException,
+)
 from github.WorkflowRun import WorkflowRun
+from urllib3.util.retry import Retry
 
 from roles.plan import Plan
+from roles.ports import CIRateLimited, CIUncertain
 from roles.records import Link, RunInfo
 
 log = logging.getLogger("sophie.github")
+
+T = TypeVar("T")
+
+# Release assets worth linking in the thread (installers and archives).
+_ASSET_SUFFIXES = (".deb", ".rpm", ".dmg", ".pkg", ".msi", ".exe", ".zip", ".tar.gz", ".tgz")
+
+
+def make_auth(
+    token: str | None,
+    app_id: str | None = None,
+    private_key: str | None = None,
+    installation_id: str | None = None,
+) -> Auth.Auth:
+    """A token, or a GitHub App installation (what organisations use; tokens refresh)."""
+    if app_id and private_key and installation_id:
+        return Auth.AppAuth(app_id, private_key).get_installation_auth(int(installation_id))
+    if token:
+        return Auth.Token(token)
+    raise ValueError("GitHub needs GITHUB_TOKEN or GITHUB_APP_ID + key + installation id")
+
+
+def _wait_from(exc: GithubException) -> tuple[float, str]:
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    if headers.get("retry-after"):
+        return max(1.0, float(headers["retry-after"])), "secondary"
+    if headers.get("x-ratelimit-remaining") == "0" and headers.get("x-ratelimit-reset"):
+        return max(1.0, float(headers["x-ratelimit-reset"]) - time.time() + 1), "primary"
+    return 60.0, "secondary"  # GitHub's advice when it names no time
+
+
+def _is_rate_limit(exc: GithubException) -> bool:
+    if isinstance(exc, RateLimitExceededException):
+        return True
+    if exc.status not in (403, 429):
+        return False
+    headers = {k.lower(): v for k, v in (exc.headers or {}).items()}
+    message = str(exc.data).lower() if exc.data else ""
+    return (
+        exc.status == 429
+        or headers.get("x-ratelimit-remaining") == "0"
+        or "retry-after" in headers
+        or "rate limit" in message
+    )
+
+
+def _unsupported_run_details(exc: GithubException) -> bool:
+    """GitHub Enterprise Server does not know return_run_details and refuses the field."""
+    return exc.status in (400, 422) and "return_run_details" in str(exc.data)
 
 
 class GitHubGateway:
@@ -20,25 +86,83 @@ class GitHubGateway:
 
     dry_run = False
 
-    def __init__(self, token: str, base_url: str) -> None:
-        self.gh = Github(auth=Auth.Token(token), base_url=base_url, per_page=50)
+    def __init__(self, auth: Auth.Auth, base_url: str, timeout: int = 15) -> None:
+        self.gh = Github(
+            auth=auth,
+            base_url=base_url,
+            per_page=50,
+            timeout=timeout,
+            # urllib3 retries GET on 5xx only; POSTs are never retried blindly.
+            retry=Retry(
+                total=3,
+                backoff_factor=0.5,
+                status_forcelist=(500, 502, 503, 504),
+                respect_retry_after_header=False,
+                raise_on_status=False,
+            ),
+            seconds_between_requests=None,
+            seconds_between_writes=1.0,
+            lazy=True,
+        )
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str]) -> RunInfo:
-        return await asyncio.to_thread(self._dispatch, plan, inputs)
+    async def _call(self, fn: Callable[[], T], *, write: bool = False) -> T:
+        try:
+            return await asyncio.to_thread(fn)
+        except GithubException as exc:
+            if _is_rate_limit(exc):
+                wait, kind = _wait_from(exc)
+                raise CIRateLimited(wait, kind) from exc
+            if write and (exc.status >= 500 or exc.status == 0):
+                raise CIUncertain(f"GitHub answered HTTP {exc.status}") from exc
+            raise
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            if write:
+                raise CIUncertain(f"no answer from GitHub: {type(exc).__name__}") from exc
+            raise
 
-    def _dispatch(self, plan: Plan, inputs: dict[str, str]) -> RunInfo:
+    # -- dispatch ---------------------------------------------------------------
+
+    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
+        return await self._call(lambda: self._dispatch(plan, inputs, correlation_id), write=True)
+
+    def _dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
         repo = self.gh.get_repo(plan.target.repo, lazy=True)
         workflow = repo.get_workflow(plan.target.workflow)
-        run = workflow.create_dispatch(
-            plan.target.ref, inputs=inputs, throw=True, return_run_details=True
-        )
+        try:
+            run = workflow.create_dispatch(
+                plan.target.ref, inputs=inputs, throw=True, return_run_details=True
+            )
+        except GithubException as exc:
+            if not _unsupported_run_details(exc):
+                raise
+            log.info("no run details from this GitHub (GHES?); finding the run by correlation")
+            workflow.create_dispatch(plan.target.ref, inputs=inputs, throw=True)
+            return RunInfo(dry_run=False, status="queued", correlation_id=correlation_id)
         if not isinstance(run, WorkflowRun):
-            raise RuntimeError("GitHub accepted the dispatch but returned no run details")
+            return RunInfo(dry_run=False, status="queued", correlation_id=correlation_id)
         log.info("dispatched %s as run %s", plan.id, run.id)
         return RunInfo(dry_run=False, status="queued", run_id=run.id, html_url=run.html_url)
 
+    async def find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
+        return await self._call(lambda: self._find_run(plan, correlation_id))
+
+    def _find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
+        repo = self.gh.get_repo(plan.target.repo, lazy=True)
+        workflow = repo.get_workflow(plan.target.workflow)
+        # The template's run-name carries the correlation id; newest runs come first.
+        for n, run in enumerate(workflow.get_runs(event="workflow_dispatch")):
+            if correlation_id and correlation_id in (run.display_title or ""):
+                return RunInfo(
+                    dry_run=False, status=_status(run.status), run_id=run.id, html_url=run.html_url
+                )
+            if n >= 100:
+                break
+        return None
+
+    # -- tracking ---------------------------------------------------------------
+
     async def refresh(self, plan: Plan, run: RunInfo) -> RunInfo:
-        return await asyncio.to_thread(self._refresh, plan, run)
+        return await self._call(lambda: self._refresh(plan, run))
 
     def _refresh(self, plan: Plan, previous: RunInfo) -> RunInfo:
         assert previous.run_id is not None
@@ -61,6 +185,7 @@ class GitHubGateway:
                 if not a.expired
             ]
             info.staging_url = self._environment_url(repo, plan, run.head_sha)
+            info.release_assets = self._release_assets(repo, run.head_sha)
         return info
 
     @staticmethod
@@ -85,6 +210,48 @@ class GitHubGateway:
                         return str(status.environment_url)
         except GithubException as exc:
             log.warning("could not read deployments for %s: %s", plan.id, exc.status)
+        return None
+
+    @staticmethod
+    def _release_assets(repo: Any, sha: str) -> list[Link]:
+        """Installers a workflow published as a release of this commit (.deb, .dmg, …)."""
+        try:
+            for n, release in enumerate(repo.get_releases()):
+                if n >= 10:
+                    break
+                if release.target_commitish not in (sha, sha[:7]):
+                    continue
+                return [
+                    Link(name=a.name, url=a.browser_download_url)
+                    for a in release.get_assets()
+                    if a.name.lower().endswith(_ASSET_SUFFIXES)
+                ][:20]
+        except (GithubException, UnknownObjectException) as exc:
+            log.warning("could not read releases: %s", getattr(exc, "status", exc))
+        return []
+
+    # -- deployment history (rollback) -----------------------------------------
+
+    async def last_good_deployment(
+        self, repo_name: str, environment: str, before_sha: str | None
+    ) -> tuple[str, str] | None:
+        """(sha, ref) of the newest successful deployment to ``environment`` that is not
+        ``before_sha``: what a rollback goes back to."""
+        return await self._call(lambda: self._last_good(repo_name, environment, before_sha))
+
+    def _last_good(
+        self, repo_name: str, environment: str, before_sha: str | None
+    ) -> tuple[str, str] | None:
+        repo = self.gh.get_repo(repo_name, lazy=True)
+        for n, deployment in enumerate(repo.get_deployments(environment=environment)):
+            if n >= 50:
+                break
+            if before_sha and deployment.sha == before_sha:
+                continue
+            statuses = deployment.get_statuses()
+            latest = next(iter(statuses), None)  # newest first
+            if latest is not None and latest.state == "success":
+                return deployment.sha, deployment.ref
         return None
 
 

@@ -30,6 +30,8 @@ from roles.records import (
 )
 
 PREFIX = "sophie:"
+RUN_INDEX_TTL_SECONDS = 30 * 86400
+DELIVERY_TTL_SECONDS = 7 * 86400
 
 _DECIDE = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -209,8 +211,23 @@ class RedisStore:
         return bool(done)
 
     async def save_run(self, plan_id: str, run: RunInfo) -> None:
-        await self.r.hset(
-            _key("plan", plan_id), mapping={"run": run_to_json(run), "updated": str(time.time())}
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                _key("plan", plan_id),
+                mapping={"run": run_to_json(run), "updated": str(time.time())},
+            )
+            if run.run_id is not None:  # webhooks name runs; find their plan
+                pipe.set(_key("run", str(run.run_id)), plan_id, ex=RUN_INDEX_TTL_SECONDS)
+            await pipe.execute()
+
+    async def plan_for_run(self, run_id: int) -> str | None:
+        value = await self.r.get(_key("run", str(run_id)))
+        return value.decode() if value else None
+
+    async def claim_delivery(self, delivery_id: str) -> bool:
+        """True the first time a webhook delivery id is seen (GitHub redelivers)."""
+        return bool(
+            await self.r.set(_key("delivery", delivery_id), "1", nx=True, ex=DELIVERY_TTL_SECONDS)
         )
 
     async def recent(self, limit: int) -> list[PlanRecord]:

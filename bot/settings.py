@@ -19,6 +19,15 @@ def _env(name: str, environ: dict[str, str]) -> str | None:
     return value or None
 
 
+def _private_key(env: dict[str, str]) -> str | None:
+    """GITHUB_APP_PRIVATE_KEY (PEM, literal \\n allowed) or GITHUB_APP_PRIVATE_KEY_FILE."""
+    text = _env("GITHUB_APP_PRIVATE_KEY", env)
+    if text:
+        return text.replace("\\n", "\n")
+    path = _env("GITHUB_APP_PRIVATE_KEY_FILE", env)
+    return Path(path).read_text() if path else None
+
+
 @dataclass(frozen=True)
 class Settings:
     slack_bot_token: str | None = None
@@ -28,6 +37,9 @@ class Settings:
     github_token: str | None = None
     github_api_url: str = DEFAULT_GITHUB_API_URL
     github_webhook_secret: str | None = None
+    github_app_id: str | None = None
+    github_app_private_key: str | None = None
+    github_app_installation_id: str | None = None
     llm_api_key: str | None = None
     llm_base_url: str = DEFAULT_LLM_BASE_URL
     llm_models: tuple[str, ...] = (DEFAULT_MODEL,)
@@ -60,6 +72,9 @@ class Settings:
             github_token=_env("GITHUB_TOKEN", env),
             github_api_url=(_env("GITHUB_API_URL", env) or DEFAULT_GITHUB_API_URL).rstrip("/"),
             github_webhook_secret=_env("GITHUB_WEBHOOK_SECRET", env),
+            github_app_id=_env("GITHUB_APP_ID", env),
+            github_app_private_key=_private_key(env),
+            github_app_installation_id=_env("GITHUB_APP_INSTALLATION_ID", env),
             llm_api_key=_env("SOPHIE_LLM_API_KEY", env)
             or _env("OPENROUTER_API_KEY", env)
             or _env("OPENAI_API_KEY", env),
@@ -77,8 +92,13 @@ class Settings:
         )
 
     @property
+    def github_configured(self) -> bool:
+        app = self.github_app_id and self.github_app_private_key and self.github_app_installation_id
+        return bool(self.github_token or app)
+
+    @property
     def dry_run(self) -> bool:
-        return self.github_token is None
+        return not self.github_configured
 
     @property
     def offline_planner(self) -> bool:
@@ -92,6 +112,7 @@ class Settings:
             self.slack_app_token,
             self.github_token,
             self.github_webhook_secret,
+            self.github_app_private_key,
             self.llm_api_key,
             self.signing_key,
         ]

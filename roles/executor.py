@@ -21,6 +21,8 @@ from roles.plan import ApprovalLevel, Plan
 from roles.ports import (
     CardContext,
     CIGateway,
+    CIRateLimited,
+    CIUncertain,
     Directory,
     Notifier,
     Planner,
@@ -42,6 +44,10 @@ from roles.records import (
 log = logging.getLogger("sophie.executor")
 
 EVENT_TTL_SECONDS = 24 * 3600
+DISPATCH_SETTLE_SECONDS = 45
+DISPATCH_RECHECK_SECONDS = 10
+MAX_DISPATCH_ATTEMPTS = 3
+STATUS_EDIT_INTERVAL_SECONDS = 1.5
 REMINDER_LEAD_SECONDS = 3600
 BOT_TEAM = "sophie"
 
@@ -87,6 +93,7 @@ class Sophie:
         self.directory = directory
         self.clock = clock
         self.tuning = tuning
+        self._last_edit: dict[str, float] = {}
 
     # -- directive in ------------------------------------------------------
 
@@ -420,24 +427,70 @@ class Sophie:
     # -- Σ execution ---------------------------------------------------------
 
     async def dispatch(self, plan_id: str) -> None:
-        if not await self.store.transition(plan_id, {PlanStatus.APPROVED}, PlanStatus.DISPATCHING):
-            log.info("plan %s not dispatched: not in approved state", plan_id)
-            return
+        """Dispatch an approved plan exactly once, even across retries and crashes.
+
+        A marker (correlation id, "unknown" outcome) is saved before GitHub is called;
+        a job that finds the plan already dispatching looks for the run by that id
+        before it would ever dispatch again.
+        """
         record = await self.store.load(plan_id)
-        assert record is not None
-        constitution = self.constitution()
-        why = anchor.check_quorum(record, constitution, self.signer, self.clock())
+        if record is None:
+            return
+        if record.status == PlanStatus.DISPATCHING:
+            await self._resume_dispatch(record)
+            return
+        if not await self.store.transition(plan_id, {PlanStatus.APPROVED}, PlanStatus.DISPATCHING):
+            log.info("plan %s not dispatched: it is %s", plan_id, record.status.value)
+            return
+        record.status = PlanStatus.DISPATCHING
+        why = anchor.check_quorum(record, self.constitution(), self.signer, self.clock())
         if why:
             await self.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.STALE, why)
             await self.notifier.post_text(record.thread, f"Not dispatched: {why}.")
             await self.refresh_card(plan_id)
             return
+        await self._dispatch_once(record, attempt=1)
+
+    async def _dispatch_once(self, record: PlanRecord, attempt: int) -> None:
+        plan_id = record.plan.id
+        marker = RunInfo(
+            dry_run=self.ci.dry_run,
+            status="queued",
+            correlation_id=f"{plan_id}.{attempt}",
+            dispatched_at=self.clock().timestamp(),
+            attempts=attempt,
+            dispatch_state="unknown",
+        )
+        await self.store.save_run(plan_id, marker)
         envelopes = [d.envelope for d in record.approvals]
         bundle_url = self.tuning.bundle_url(plan_id) if self.tuning.bundle_url else None
         try:
-            inputs = integrator.workflow_inputs(record.plan, envelopes, bundle_url)
-            run = await self.ci.dispatch(record.plan, inputs)
-        except Exception as exc:  # the thread must hear about any dispatch failure
+            inputs = integrator.workflow_inputs(
+                record.plan, envelopes, bundle_url, marker.correlation_id
+            )
+            run = await self.ci.dispatch(record.plan, inputs, marker.correlation_id)
+        except CIRateLimited as exc:
+            marker.dispatch_state = "not_sent"
+            marker.detail = str(exc)
+            await self.store.save_run(plan_id, marker)
+            await self.notifier.post_text(
+                record.thread,
+                f"GitHub's {exc.kind} rate limit delays plan {plan_id}: "
+                f"dispatching in {exc.retry_after:.0f} s.",
+            )
+            await self._again("dispatch", plan_id, f"rl{attempt}", exc.retry_after)
+            return
+        except CIUncertain as exc:
+            marker.detail = str(exc)[:300]
+            await self.store.save_run(plan_id, marker)
+            await self.notifier.post_text(
+                record.thread,
+                f"GitHub did not confirm the dispatch of {plan_id} ({str(exc)[:200]}); "
+                "checking whether the run started before trying again.",
+            )
+            await self._again("dispatch", plan_id, f"check{attempt}", DISPATCH_RECHECK_SECONDS)
+            return
+        except Exception as exc:  # refused (4xx, bad inputs): the thread must hear why
             log.exception("dispatch of %s failed", plan_id)
             await self.store.transition(
                 plan_id, {PlanStatus.DISPATCHING}, PlanStatus.ERROR, str(exc)[:300]
@@ -445,17 +498,62 @@ class Sophie:
             await self.notifier.post_text(record.thread, f"Dispatch failed: {str(exc)[:300]}")
             await self.refresh_card(plan_id)
             return
+        await self._running(record, marker, run)
+
+    async def _running(self, record: PlanRecord, marker: RunInfo, run: RunInfo) -> None:
+        plan_id = record.plan.id
+        run.correlation_id = marker.correlation_id
+        run.dispatched_at = marker.dispatched_at
+        run.attempts = marker.attempts
+        run.dispatch_state = ""
+        await self.store.save_run(plan_id, run)
+        await self.store.audit(
+            "plan.dispatched",
+            plan_id,
+            "sophie",
+            {"run_id": run.run_id, "correlation_id": run.correlation_id, "dry_run": run.dry_run},
+        )
         record.run = run
         record.status = PlanStatus.RUNNING
         run.message_ts = await self.notifier.post_run_status(record)
+        run.shown = run.signature()
         await self.store.save_run(plan_id, run)
         await self.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.RUNNING)
-        await self.scheduler.enqueue(
-            "track",
-            f"track:{plan_id}:0",
-            {"plan_id": plan_id},
-            0 if run.dry_run else self.tuning.poll_seconds,
-        )
+        await self.refresh_card(plan_id)
+        await self._again("track", plan_id, "0", 0 if run.dry_run else self.tuning.poll_seconds)
+
+    async def _resume_dispatch(self, record: PlanRecord) -> None:
+        plan_id = record.plan.id
+        marker = record.run
+        if marker is None:  # stopped before the marker was saved: nothing was sent
+            await self._dispatch_once(record, attempt=1)
+            return
+        if marker.dispatch_state == "":  # accepted and saved; only the status move was lost
+            await self.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.RUNNING)
+            await self._again("track", plan_id, "resume", 0)
+            return
+        if marker.dispatch_state == "not_sent":
+            await self._dispatch_once(record, attempt=marker.attempts + 1)
+            return
+        found = await self.ci.find_run(record.plan, marker.correlation_id)
+        if found is not None:
+            log.info("found the run of %s by correlation id; not dispatching again", plan_id)
+            await self._running(record, marker, found)
+            return
+        waited = self.clock().timestamp() - marker.dispatched_at
+        if waited < DISPATCH_SETTLE_SECONDS:
+            await self._again("dispatch", plan_id, f"look{int(waited)}", DISPATCH_RECHECK_SECONDS)
+        elif marker.attempts < MAX_DISPATCH_ATTEMPTS:
+            # GitHub lists a dispatched run within seconds; after this long it never started.
+            await self._dispatch_once(record, attempt=marker.attempts + 1)
+        else:
+            note = f"GitHub did not start the workflow after {marker.attempts} attempts"
+            await self.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.ERROR, note)
+            await self.notifier.post_text(record.thread, f"Dispatch failed: {note}.")
+            await self.refresh_card(plan_id)
+
+    async def _again(self, job: str, plan_id: str, tag: str, delay: float) -> None:
+        await self.scheduler.enqueue(job, f"{job}:{plan_id}:{tag}", {"plan_id": plan_id}, delay)
 
     async def track(self, plan_id: str) -> bool:
         """One look at the run; schedules the next unless it has finished. True when done."""
@@ -464,33 +562,57 @@ class Sophie:
             return True
         previous = record.run
         try:
-            run = await self.ci.refresh(record.plan, previous)
+            if previous.run_id is None and not previous.dry_run:
+                # GHES gave no run details: find the run by the correlation id first.
+                found = await self.ci.find_run(record.plan, previous.correlation_id)
+                run = await self.ci.refresh(record.plan, found) if found else previous
+            else:
+                run = await self.ci.refresh(record.plan, previous)
+        except CIRateLimited as exc:
+            if "rate limit" not in previous.detail:
+                await self.notifier.post_text(
+                    record.thread,
+                    f"GitHub's {exc.kind} rate limit delays tracking of {plan_id}; "
+                    f"next look in {exc.retry_after:.0f} s.",
+                )
+            previous.detail = str(exc)
+            await self.store.save_run(plan_id, previous)
+            await self._again("track", plan_id, f"rl{previous.polls}", exc.retry_after)
+            return False
         except Exception:
             log.exception("could not refresh run of %s; will retry", plan_id)
-            run = previous
+            run = replace(previous)
+        for kept in ("message_ts", "correlation_id", "dispatched_at", "attempts", "shown"):
+            setattr(run, kept, getattr(previous, kept))
         run.polls = previous.polls + 1
-        run.message_ts = previous.message_ts
         record.run = run
-        if (run.status, run.current_job, run.current_step) != (
-            previous.status,
-            previous.current_job,
-            previous.current_step,
-        ):
+        if run.signature() != run.shown and (run.status == "completed" or self._may_edit(previous)):
             await self.notifier.post_run_status(record)
+            run.shown = run.signature()
         await self.store.save_run(plan_id, run)
         if run.status != "completed":
             if run.polls >= self.tuning.max_polls:
                 await self._finish(record, PlanStatus.FAILED, "gave up tracking the run")
                 return True
-            await self.scheduler.enqueue(
-                "track",
-                f"track:{plan_id}:{run.polls}",
-                {"plan_id": plan_id},
-                self.tuning.poll_seconds,
-            )
+            await self._again("track", plan_id, str(run.polls), self.tuning.poll_seconds)
             return False
         await self._finish(record, PlanStatus.SUCCEEDED if run.succeeded else PlanStatus.FAILED)
         return True
+
+    def _may_edit(self, previous: RunInfo) -> bool:
+        """Slack allows about one update per second per message; stay well under it."""
+        now = self.clock().timestamp()
+        last = self._last_edit.get(previous.message_ts or "", 0.0)
+        if now - last < STATUS_EDIT_INTERVAL_SECONDS:
+            return False
+        self._last_edit[previous.message_ts or ""] = now
+        return True
+
+    async def run_event(self, run_id: int) -> None:
+        """A webhook said something happened to this run: look now, not at the next poll."""
+        plan_id = await self.store.plan_for_run(run_id)
+        if plan_id is not None:
+            await self.track(plan_id)
 
     async def _finish(self, record: PlanRecord, status: PlanStatus, note: str = "") -> None:
         plan_id = record.plan.id

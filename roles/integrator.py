@@ -13,6 +13,7 @@ from roles.constitution import Constitution
 from roles.diff_engine import Verdict
 from roles.navigator import Reading
 from roles.plan import (
+    Action,
     ConstitutionRef,
     Interpretation,
     Plan,
@@ -90,8 +91,28 @@ def _b64(doc: Any) -> str:
     return base64.b64encode(canonical_json(doc)).decode()
 
 
+def workflow_action(plan: Plan) -> str:
+    """What the pipeline template should do: deploy, build (artifacts only) or rollback."""
+    actions = {s.action for s in plan.steps}
+    if Action.ROLLBACK in actions:
+        return "rollback"
+    if Action.DEPLOY in actions:
+        return "deploy"
+    return "build"
+
+
+def rollback_sha(plan: Plan) -> str:
+    for step in plan.steps:
+        if step.action == Action.ROLLBACK and step.inputs.get("sha"):
+            return step.inputs["sha"]
+    return ""
+
+
 def workflow_inputs(
-    plan: Plan, envelopes: list[dict[str, Any]], bundle_url: str | None
+    plan: Plan,
+    envelopes: list[dict[str, Any]],
+    bundle_url: str | None,
+    correlation_id: str = "",
 ) -> dict[str, str]:
     """The workflow_dispatch inputs for a plan, within GitHub's size limits.
 
@@ -103,10 +124,15 @@ def workflow_inputs(
         "plan_digest": plan.digest,
         "environment": plan.target.environment,
         "artifacts": ",".join(plan.artifacts),
+        "action": workflow_action(plan),
         "plan": _b64(plan.document()),
         "envelopes": _b64(envelopes),
     }
-    if sum(len(v) for v in inputs.values()) > MAX_INPUT_CHARS:
+    if correlation_id:
+        inputs["correlation_id"] = correlation_id
+    if rollback_sha(plan):
+        inputs["deploy_sha"] = rollback_sha(plan)
+    if len(json.dumps(inputs)) > MAX_INPUT_CHARS:
         if bundle_url is None:
             raise ValueError("plan and envelopes exceed GitHub's input limit and no bundle URL")
         inputs.pop("plan")

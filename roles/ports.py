@@ -67,6 +67,7 @@ class PlanStore(Protocol):
         self, plan_id: str, from_: set[PlanStatus], to: PlanStatus, note: str = ""
     ) -> bool: ...
     async def save_run(self, plan_id: str, run: RunInfo) -> None: ...
+    async def plan_for_run(self, run_id: int) -> str | None: ...
     async def recent(self, limit: int) -> list[PlanRecord]: ...
     async def trust(self, key: str, initial: float) -> float: ...
     async def audit(self, kind: str, plan_id: str, actor: str, detail: dict[str, Any]) -> str: ...
@@ -83,10 +84,30 @@ class Signer(Protocol):
     def verify(self, keyid: str, data: bytes, signature: bytes) -> bool: ...
 
 
+class CIRateLimited(Exception):
+    """The CI provider asked us to wait; nothing was done."""
+
+    def __init__(self, retry_after: float, kind: str) -> None:
+        super().__init__(f"GitHub {kind} rate limit: retry in {retry_after:.0f} s")
+        self.retry_after = retry_after
+        self.kind = kind
+
+
+class CIUncertain(Exception):
+    """A dispatch may or may not have happened (a 5xx, a timeout): look before retrying."""
+
+
 class CIGateway(Protocol):
     dry_run: bool
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str]) -> RunInfo: ...
+    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
+        """Start the workflow; the run can later be found by ``correlation_id``."""
+        ...
+
+    async def find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
+        """The run a dispatch with ``correlation_id`` started, if GitHub lists it yet."""
+        ...
+
     async def refresh(self, plan: Plan, run: RunInfo) -> RunInfo: ...
 
 
@@ -112,6 +133,8 @@ class Scheduler(Protocol):
 
 __all__ = [
     "CIGateway",
+    "CIRateLimited",
+    "CIUncertain",
     "CardContext",
     "Directive",
     "Directory",

@@ -105,6 +105,20 @@ class RunInfo:
     message_ts: str | None = None
     polls: int = 0
     detail: str = ""
+    # Finds the run when GitHub cannot return its id (GHES), and after a crash.
+    correlation_id: str = ""
+    dispatched_at: float = 0.0
+    attempts: int = 0
+    # "" once GitHub accepted it; "unknown" while a dispatch call is in flight or its
+    # outcome is unclear (look before retrying); "not_sent" when it surely was not.
+    dispatch_state: str = ""
+    shown: str = ""  # the state the status message shows (edits are rate limited)
+    images: list[str] = field(default_factory=list)
+    release_assets: list[Link] = field(default_factory=list)
+
+    def signature(self) -> str:
+        """What the status message would show; an edit is due when this changes."""
+        return f"{self.status}|{self.conclusion}|{self.current_job}|{self.current_step}"
 
     @property
     def succeeded(self) -> bool:
