@@ -34,7 +34,7 @@ from bot.settings import Settings
 from bot.signer import KeyRing, load_keyring
 from bot.slack_directory import SlackDirectory
 from bot.slack_notifier import SlackNotifier
-from handlers import actions, commands, events, home
+from handlers import actions, commands, events, github_webhook, home
 from handlers.background import drain
 from roles import integrator
 from roles.executor import Sophie, Tuning
@@ -220,6 +220,9 @@ def web_app(rt: Runtime) -> web.Application:
         )
 
     app.router.add_post("/slack/events", slack_events)
+    app.router.add_post(
+        "/github/webhook", github_webhook.handler(rt.sophie, rt.settings.github_webhook_secret)
+    )
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

@@ -82,6 +82,7 @@ FUNCTIONS = [
     _job("expire", lambda s, p: s.expire(p["plan_id"])),
     _job("remind", lambda s, p: s.remind(p["plan_id"])),
     _job("revise", lambda s, p: s.revise(p["plan_id"], p["feedback"])),
+    _job("run_event", lambda s, p: s.run_event(int(p["run_id"]))),
 ]
 
 

@@ -555,8 +555,12 @@ class Sophie:
     async def _again(self, job: str, plan_id: str, tag: str, delay: float) -> None:
         await self.scheduler.enqueue(job, f"{job}:{plan_id}:{tag}", {"plan_id": plan_id}, delay)
 
-    async def track(self, plan_id: str) -> bool:
-        """One look at the run; schedules the next unless it has finished. True when done."""
+    async def track(self, plan_id: str, reschedule: bool = True) -> bool:
+        """One look at the run; schedules the next unless it has finished. True when done.
+
+        Webhook-triggered looks pass ``reschedule=False``: the polling chain is already
+        scheduled, and a second chain per delivery would multiply the polling.
+        """
         record = await self.store.load(plan_id)
         if record is None or record.run is None or record.status != PlanStatus.RUNNING:
             return True
@@ -577,7 +581,8 @@ class Sophie:
                 )
             previous.detail = str(exc)
             await self.store.save_run(plan_id, previous)
-            await self._again("track", plan_id, f"rl{previous.polls}", exc.retry_after)
+            if reschedule:
+                await self._again("track", plan_id, f"rl{previous.polls}", exc.retry_after)
             return False
         except Exception:
             log.exception("could not refresh run of %s; will retry", plan_id)
@@ -594,7 +599,8 @@ class Sophie:
             if run.polls >= self.tuning.max_polls:
                 await self._finish(record, PlanStatus.FAILED, "gave up tracking the run")
                 return True
-            await self._again("track", plan_id, str(run.polls), self.tuning.poll_seconds)
+            if reschedule:
+                await self._again("track", plan_id, str(run.polls), self.tuning.poll_seconds)
             return False
         await self._finish(record, PlanStatus.SUCCEEDED if run.succeeded else PlanStatus.FAILED)
         return True
@@ -612,7 +618,7 @@ class Sophie:
         """A webhook said something happened to this run: look now, not at the next poll."""
         plan_id = await self.store.plan_for_run(run_id)
         if plan_id is not None:
-            await self.track(plan_id)
+            await self.track(plan_id, reschedule=False)
 
     async def _finish(self, record: PlanRecord, status: PlanStatus, note: str = "") -> None:
         plan_id = record.plan.id
