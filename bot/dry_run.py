@@ -30,5 +30,10 @@ class DryRunGateway:
     async def find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
         return None
 
+    async def rollback_target(
+        self, repo: str, environment: str, current_sha: str | None
+    ) -> tuple[str, str] | None:
+        return None  # no deployment history without GitHub
+
     async def refresh(self, plan: Plan, run: RunInfo) -> RunInfo:
         return RunInfo(dry_run=True, status="completed", conclusion="dry_run", detail=run.detail)

@@ -232,24 +232,26 @@ class GitHubGateway:
 
     # -- deployment history (rollback) -----------------------------------------
 
-    async def last_good_deployment(
-        self, repo_name: str, environment: str, before_sha: str | None
+    async def rollback_target(
+        self, repo: str, environment: str, current_sha: str | None
     ) -> tuple[str, str] | None:
-        """(sha, ref) of the newest successful deployment to ``environment`` that is not
-        ``before_sha``: what a rollback goes back to."""
-        return await self._call(lambda: self._last_good(repo_name, environment, before_sha))
+        """(sha, ref) of the last known good deployment: the newest successful one older
+        than the current (the newest, unless ``current_sha`` names it)."""
+        return await self._call(lambda: self._rollback_target(repo, environment, current_sha))
 
-    def _last_good(
-        self, repo_name: str, environment: str, before_sha: str | None
+    def _rollback_target(
+        self, repo_name: str, environment: str, current_sha: str | None
     ) -> tuple[str, str] | None:
         repo = self.gh.get_repo(repo_name, lazy=True)
+        current = current_sha
         for n, deployment in enumerate(repo.get_deployments(environment=environment)):
             if n >= 50:
                 break
-            if before_sha and deployment.sha == before_sha:
+            if current is None:
+                current = deployment.sha  # newest first: this is what runs now
+            if deployment.sha == current:
                 continue
-            statuses = deployment.get_statuses()
-            latest = next(iter(statuses), None)  # newest first
+            latest = next(iter(deployment.get_statuses()), None)  # newest first
             if latest is not None and latest.state == "success":
                 return deployment.sha, deployment.ref
         return None

@@ -224,6 +224,18 @@ class RedisStore:
         value = await self.r.get(_key("run", str(run_id)))
         return value.decode() if value else None
 
+    async def prepared_rollback(self, key: str) -> tuple[str, str, str] | None:
+        """(deployed sha, rollback sha, ref) prepared when the last deployment finished."""
+        raw = await self.r.get(_key("rollback", key))
+        if not raw:
+            return None
+        data = json.loads(raw)
+        return data["current"], data["sha"], data["ref"]
+
+    async def set_prepared_rollback(self, key: str, current: str, sha: str, ref: str) -> None:
+        doc = json.dumps({"current": current, "sha": sha, "ref": ref, "at": time.time()})
+        await self.r.set(_key("rollback", key), doc)
+
     async def claim_delivery(self, delivery_id: str) -> bool:
         """True the first time a webhook delivery id is seen (GitHub redelivers)."""
         return bool(

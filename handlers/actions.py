@@ -109,6 +109,13 @@ def register(app: AsyncApp, sophie: Sophie) -> None:
     async def on_changes_submitted(ack: AsyncAck, body: dict[str, Any]) -> None:
         await submitted(ack, body, veto=False)
 
+    @app.action(blocks.ROLLBACK)
+    async def on_rollback(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        plan_id = body["actions"][0].get("value", "")
+        reply = await sophie.start_rollback(plan_id, actor_from(body))
+        _tell(respond, reply.text)
+
     @app.action(blocks.VIEW_PLAN)
     async def on_view(
         ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond

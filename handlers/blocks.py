@@ -16,6 +16,7 @@ APPROVE = "sophie_approve"
 VETO = "sophie_veto"
 VIEW_PLAN = "sophie_view_plan"
 REQUEST_CHANGES = "sophie_request_changes"
+ROLLBACK = "sophie_rollback"
 VETO_MODAL = "sophie_veto_modal"
 CHANGES_MODAL = "sophie_changes_modal"
 REASON_INPUT = ("reason", "reason_input")  # block_id, action_id of the modal's text input
@@ -286,6 +287,13 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
         )
     else:
         lines.append("*Artifacts:* none")
+    if run.release_assets:
+        lines.append(
+            "*Release assets:*\n"
+            + "\n".join(f"• {_link(a.url, escape(a.name, 100))}" for a in run.release_assets[:20])
+        )
+    if run.images:
+        lines.append("*Images:* " + ", ".join(f"`{escape(i, 200)}`" for i in run.images[:10]))
     if not ok and run.failing_job:
         where = escape(run.failing_job, 100)
         if run.failing_step:
@@ -295,7 +303,31 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
     fallback = f"Plan {plan.id} {status}"
     if run.staging_url and ok:
         fallback += f": {run.staging_url}"
-    return fallback, [_section(truncate("\n".join(lines), 3000))]
+    body: list[Block] = [_section(truncate("\n".join(lines), 3000))]
+    if rollback_offered(record):
+        label = "Roll back" if ok else "Roll back to last good"
+        body.append(
+            {
+                "type": "actions",
+                "block_id": "rollback",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": ROLLBACK,
+                        "text": {"type": "plain_text", "text": label},
+                        "value": plan.id,
+                        **({} if ok else {"style": "danger"}),
+                    }
+                ],
+            }
+        )
+    return fallback, body
+
+
+def rollback_offered(record: PlanRecord) -> bool:
+    """Deployments can be rolled back (rollbacks themselves are undone by a new deploy)."""
+    actions = {s.action.value for s in record.plan.steps}
+    return "deploy" in actions and "rollback" not in actions
 
 
 def _link(url: str | None, label: str | None = None) -> str:

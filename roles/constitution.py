@@ -46,6 +46,8 @@ class EnvironmentRule(_Closed):
     distinct_groups: list[SlackGroupId] = Field(default_factory=list)
     protected: bool = False
     aliases: list[str] = Field(default_factory=list)
+    # Rollbacks restore a known good state: teams often let them through faster.
+    rollback_approval: ApprovalLevel | None = None
 
 
 class RepoRule(_Closed):

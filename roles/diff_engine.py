@@ -21,6 +21,7 @@ from roles.plan import (
     Action,
     Approval,
     ApprovalLevel,
+    Intent,
     Risk,
     RiskFactor,
     RiskLevel,
@@ -230,6 +231,15 @@ def decide_approval(
             effect="info",
         )
     ]
+    if reading.intent == Intent.ROLLBACK and env_rule.rollback_approval is not None:
+        level = env_rule.rollback_approval
+        reasons = [
+            RuleHit(
+                id=f"environments.{reading.environment}.rollback_approval",
+                message=f"Rollbacks in '{reading.environment}' require {level.value}",
+                effect="info",
+            )
+        ]
 
     base = level
 

@@ -14,10 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
-from roles import anchor, diff_engine, integrator, memory, navigator, plan_diff
+from roles import (
+    anchor,
+    diff_engine,
+    integrator,
+    memory,
+    navigator,
+    offline_planner,
+    plan_diff,
+)
 from roles.attestation import decision_statement, sign_statement
 from roles.constitution import Constitution
-from roles.plan import ApprovalLevel, Plan
+from roles.offline_planner import OfflinePlanner
+from roles.plan import ApprovalLevel, Intent, Plan
 from roles.ports import (
     CardContext,
     CIGateway,
@@ -128,14 +137,30 @@ class Sophie:
             await self.notifier.post_text(directive.thread, "That directive is empty.")
             return None
         precedent = await self.store.precedent(reading.repo.name, reading.intent.value, 3)
+        rollback_to: tuple[str, str] | None = None
+        if reading.intent == Intent.ROLLBACK:
+            rollback_to = await self._rollback_target(reading, directive)
+            if rollback_to is None and not self.ci.dry_run:
+                await self.notifier.post_text(
+                    directive.thread,
+                    f"There is no earlier successful deployment of {reading.repo.name} to "
+                    f"{reading.environment} to roll back to. Nothing will run.",
+                )
+                return None
         try:
-            proposal = await self.planner.propose(reading, constitution, precedent)
+            # Rollbacks are planned offline: deterministic, instant, no model in the way.
+            planner = OfflinePlanner() if reading.intent == Intent.ROLLBACK else self.planner
+            proposal = await planner.propose(reading, constitution, precedent)
         except PlanningFailed as exc:
             log.warning("planning failed for %s: %s", directive.event_id, exc)
             await self.notifier.post_text(
                 directive.thread, f"I could not produce a valid plan: {exc}. Nothing will run."
             )
             return None
+        if rollback_to is not None:
+            proposal = replace(
+                proposal, draft=offline_planner.pin_rollback(proposal.draft, *rollback_to)
+            )
         verdict = diff_engine.evaluate(
             proposal.draft, reading, constitution, proposal.confidence, proposal.disagreements
         )
@@ -178,6 +203,57 @@ class Sophie:
             await self._schedule_expiry(plan)
             await self._start_approval(record, constitution)
         return record
+
+    async def _rollback_target(
+        self, reading: navigator.Reading, directive: Directive
+    ) -> tuple[str, str] | None:
+        key = f"{reading.repo.name}:{reading.environment}"
+        if directive.rollback_from:
+            prepared = await self.store.prepared_rollback(key)
+            if prepared is not None and prepared[0] == directive.rollback_from:
+                return prepared[1], prepared[2]  # computed when that run finished
+        try:
+            return await self.ci.rollback_target(
+                reading.repo.name, reading.environment, directive.rollback_from or None
+            )
+        except Exception:
+            log.exception("could not read the deployment history of %s", key)
+            return None
+
+    async def start_rollback(self, plan_id: str, actor: Actor) -> Reply:
+        """The Rollback button: a rollback plan for the same repo and environment."""
+        record = await self.store.load(plan_id)
+        if record is None:
+            return Reply(False, "I have no record of that plan.")
+        target = record.plan.target
+        directive = Directive(
+            text=f"Roll back {target.repo} in {target.environment} "
+            "to the last known good deployment",
+            requester=actor,
+            thread=record.thread,
+            source="button",
+            event_id=f"rollback:{plan_id}",
+            rollback_from=(record.run.head_sha if record.run else "") or "",
+        )
+        if not await self.receive(directive):
+            return Reply(False, "A rollback of this run was already requested.")
+        return Reply(True, f"Preparing the rollback of {target.environment}…")
+
+    async def _prepare_rollback(self, record: PlanRecord) -> None:
+        """After a deployment, find what it would roll back to, so the button is instant."""
+        run = record.run
+        if run is None or run.dry_run or not run.head_sha:
+            return
+        target = record.plan.target
+        try:
+            found = await self.ci.rollback_target(target.repo, target.environment, run.head_sha)
+        except Exception:
+            log.exception("could not prepare a rollback for %s", record.plan.id)
+            return
+        if found is not None:
+            await self.store.set_prepared_rollback(
+                f"{target.repo}:{target.environment}", run.head_sha, *found
+            )
 
     async def _card_context(self, record: PlanRecord) -> CardContext:
         plan = record.plan
@@ -635,6 +711,8 @@ class Sophie:
             await self.store.set_trust(
                 key, memory.next_trust(current, status == PlanStatus.SUCCEEDED, constitution.trust)
             )
+        if integrator.workflow_action(record.plan) == "deploy":
+            await self._prepare_rollback(record)
         await self.notifier.post_result(record)
         await self.refresh_card(plan_id)
 
@@ -649,6 +727,7 @@ def _directive_payload(d: Directive) -> dict[str, str]:
         "thread_ts": d.thread.thread_ts,
         "source": d.source,
         "event_id": d.event_id,
+        "rollback_from": d.rollback_from,
     }
 
 
@@ -661,6 +740,7 @@ def directive_from_payload(p: dict[str, str]) -> Directive:
         thread=Thread(channel=p["channel"], thread_ts=p["thread_ts"]),
         source=p["source"],  # type: ignore[arg-type]
         event_id=p["event_id"],
+        rollback_from=p.get("rollback_from", ""),
     )
 
 

@@ -190,3 +190,25 @@ class OfflinePlanner:
             confidence=0.75 if reading.intent_matched else 0.5,
             notes=["Planned by the offline planner (no LLM configured)."],
         )
+
+
+def pin_rollback(draft: PlanDraft, sha: str, ref: str) -> PlanDraft:
+    """Name the exact commit a rollback redeploys (found in the deployment history)."""
+    steps = []
+    for step in draft.steps:
+        if step.action == Action.ROLLBACK:
+            kept = [i for i in step.inputs if i.name not in ("sha", "ref")]
+            step = step.model_copy(
+                update={
+                    "description": f"Redeploy {sha[:12]} ({ref}), the last known good deployment",
+                    "inputs": [
+                        *kept,
+                        DraftInput(name="sha", value=sha),
+                        DraftInput(name="ref", value=ref[:200]),
+                    ][:10],
+                }
+            )
+        steps.append(step)
+    return draft.model_copy(
+        update={"steps": steps, "summary": f"{draft.summary} ({sha[:12]})"[:1000]}
+    )

@@ -67,8 +67,10 @@ class Directive:
     text: str
     requester: Actor
     thread: Thread
-    source: Literal["mention", "command", "message", "cli"]
+    source: Literal["mention", "command", "message", "cli", "button"]
     event_id: str
+    # For rollbacks started from a run: the commit to move away from.
+    rollback_from: str = ""
 
 
 @dataclass(frozen=True)
