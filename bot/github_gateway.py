@@ -126,7 +126,7 @@ class GitHubGateway:
         return await self._call(lambda: self._dispatch(plan, inputs, correlation_id), write=True)
 
     def _dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
-        repo = self.gh.get_repo(plan.target.repo, lazy=True)
+        repo = self.gh.get_repo(plan.target.repo)
         workflow = repo.get_workflow(plan.target.workflow)
         try:
             run = workflow.create_dispatch(
@@ -147,7 +147,7 @@ class GitHubGateway:
         return await self._call(lambda: self._find_run(plan, correlation_id))
 
     def _find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
-        repo = self.gh.get_repo(plan.target.repo, lazy=True)
+        repo = self.gh.get_repo(plan.target.repo)
         workflow = repo.get_workflow(plan.target.workflow)
         # The template's run-name carries the correlation id; newest runs come first.
         for n, run in enumerate(workflow.get_runs(event="workflow_dispatch")):
@@ -166,7 +166,7 @@ class GitHubGateway:
 
     def _refresh(self, plan: Plan, previous: RunInfo) -> RunInfo:
         assert previous.run_id is not None
-        repo = self.gh.get_repo(plan.target.repo, lazy=True)
+        repo = self.gh.get_repo(plan.target.repo)
         run = repo.get_workflow_run(previous.run_id)
         info = RunInfo(
             dry_run=False,
@@ -242,7 +242,7 @@ class GitHubGateway:
     def _rollback_target(
         self, repo_name: str, environment: str, current_sha: str | None
     ) -> tuple[str, str] | None:
-        repo = self.gh.get_repo(repo_name, lazy=True)
+        repo = self.gh.get_repo(repo_name)
         current = current_sha
         for n, deployment in enumerate(repo.get_deployments(environment=environment)):
             if n >= 50:

@@ -43,10 +43,17 @@ end
 if redis.call('HEXISTS', KEYS[2], ARGV[2]) == 1 then
   return {0, status, 'You have already decided on this plan.'}
 end
+-- Optimistic concurrency: the caller judged the quorum on ARGV[6] earlier decisions.
+if redis.call('LLEN', KEYS[3]) ~= tonumber(ARGV[6]) then
+  return {0, status, 'conflict'}
+end
 redis.call('HSET', KEYS[2], ARGV[2], ARGV[3])
 redis.call('RPUSH', KEYS[3], ARGV[2])
 if ARGV[4] == 'veto' then
   status = 'vetoed'
+  redis.call('HSET', KEYS[1], 'status', status, 'updated', ARGV[5])
+elseif ARGV[7] == '1' then
+  status = 'approved'
   redis.call('HSET', KEYS[1], 'status', status, 'updated', ARGV[5])
 end
 return {1, status, ''}
@@ -168,8 +175,11 @@ class RedisStore:
         await self.r.hset(_key("plan", plan_id), "card_ts", card_ts)
 
     async def decide(
-        self, plan_id: str, digest: str, record: DecisionRecord, quorum: int
+        self, plan_id: str, digest: str, record: DecisionRecord, seen: int, completes: bool
     ) -> DecideResult:
+        """Record a decision if the plan is still pending, unchanged, and has exactly
+        ``seen`` decisions (else ``reason == "conflict"``: reload and judge again).
+        ``completes`` moves the plan to approved in the same atomic step."""
         accepted, status, reason = await self._decide(
             keys=[
                 _key("plan", plan_id),
@@ -182,6 +192,8 @@ class RedisStore:
                 _decision_json(record),
                 record.decision,
                 str(time.time()),
+                str(seen),
+                "1" if completes else "0",
             ],
         )
         status_text = status.decode() if isinstance(status, bytes) else str(status)
@@ -193,6 +205,8 @@ class RedisStore:
                 record.actor.user_id,
                 {"digest": digest, "reason": record.reason},
             )
+            if completes:
+                await self.audit("plan.approved", plan_id, "sophie", {"note": "quorum met"})
         return DecideResult(
             accepted=bool(accepted),
             status=PlanStatus(status_text) if status_text else PlanStatus.ERROR,

@@ -57,6 +57,7 @@ DISPATCH_SETTLE_SECONDS = 45
 DISPATCH_RECHECK_SECONDS = 10
 MAX_DISPATCH_ATTEMPTS = 3
 STATUS_EDIT_INTERVAL_SECONDS = 1.5
+MAX_DECIDE_ATTEMPTS = 5
 REMINDER_LEAD_SECONDS = 3600
 BOT_TEAM = "sophie"
 
@@ -381,9 +382,13 @@ class Sophie:
     async def _bot_decides(self, record: PlanRecord, constitution: Constitution, rule: str) -> None:
         bot = Actor(team_id=BOT_TEAM, user_id=f"sophie:{self.signer.keyid}", name="SOPHIE")
         decision = self._signed(record.plan, constitution, bot, "approve", rule)
-        result = await self.store.decide(record.plan.id, record.plan.digest, decision, 0)
-        if result.accepted:
-            await self._maybe_approve(record.plan.id)
+        completes = self._completes(record, decision, constitution)
+        result = await self.store.decide(
+            record.plan.id, record.plan.digest, decision, len(record.decisions), completes
+        )
+        if result.accepted and completes:
+            await self._refresh_card(record.plan.id)
+            await self._approved(record.plan.id)
 
     # -- Ω decisions ---------------------------------------------------------
 
@@ -436,14 +441,38 @@ class Sophie:
 
         ``check_only`` answers whether they may, without deciding (before a veto modal).
         """
-        record = await self.store.load(plan_id)
-        if record is None:
-            return Reply(False, "I have no record of that plan.")
+        # Optimistic concurrency: judge on what we loaded; if another decision landed
+        # in between, the store says "conflict" and we judge again on fresh state.
+        for _ in range(MAX_DECIDE_ATTEMPTS):
+            record = await self.store.load(plan_id)
+            if record is None:
+                return Reply(False, "I have no record of that plan.")
+            reply, outcome = await self._decide_once(
+                record, digest_prefix, actor, decision, reason, check_only
+            )
+            if outcome != "conflict":
+                return reply
+        return Reply(False, "Too many decisions at once on this plan; please try again.")
+
+    async def _decide_once(
+        self,
+        record: PlanRecord,
+        digest_prefix: str,
+        actor: Actor,
+        decision: Decision,
+        reason: str,
+        check_only: bool,
+    ) -> tuple[Reply, str]:
         plan = record.plan
+        plan_id = plan.id
         if not plan.digest.startswith(digest_prefix):
-            return Reply(False, "This card is out of date: the plan changed since it was posted.")
+            return Reply(
+                False, "This card is out of date: the plan changed since it was posted."
+            ), ""
         if record.status != PlanStatus.PENDING:
-            return Reply(False, f"This plan is already {record.status.value}.")
+            if any(d.actor.user_id == actor.user_id for d in record.decisions):
+                return Reply(False, "You have already decided on this plan."), ""
+            return Reply(False, f"This plan is already {record.status.value}."), ""
         constitution = self.constitution()
         now = self.clock()
         if anchor.expired(plan, now):
@@ -451,44 +480,49 @@ class Sophie:
                 plan_id, {PlanStatus.PENDING}, PlanStatus.EXPIRED, "approval time-to-live passed"
             ):
                 await self._refresh_card(plan_id)
-            return Reply(False, "This plan has expired; ask again for a fresh plan.")
+            return Reply(False, "This plan has expired; ask again for a fresh plan."), ""
         if plan.constitution.digest != constitution.digest_hex:
             if await self.store.transition(
                 plan_id, {PlanStatus.PENDING}, PlanStatus.STALE, "the constitution changed"
             ):
                 await self._refresh_card(plan_id)
-            return Reply(False, "The constitution changed since this plan was made; it is stale.")
+            text = "The constitution changed since this plan was made; it is stale."
+            return Reply(False, text), ""
         groups = await self.directory.groups_of(actor.user_id, list(constitution.approvers.groups))
         why = anchor.refusal(constitution, record, actor, groups, decision)
         if why:
             await self._refused(plan_id, actor, decision, why)
-            return Reply(False, f"You can't {decision} this plan: {why}.")
+            return Reply(False, f"You can't {decision} this plan: {why}."), ""
         if check_only:
-            return Reply(True, "")
+            return Reply(True, ""), ""
         signed = self._signed(
             plan, constitution, actor, decision, groups=tuple(sorted(groups)), reason=reason
         )
-        result = await self.store.decide(plan_id, plan.digest, signed, plan.approval.quorum)
+        completes = decision == "approve" and self._completes(record, signed, constitution)
+        result = await self.store.decide(
+            plan_id, plan.digest, signed, len(record.decisions), completes
+        )
         if not result.accepted:
-            return Reply(False, result.reason or f"This plan is already {result.status.value}.")
+            if result.reason == "conflict":
+                return Reply(False, ""), "conflict"
+            return Reply(False, result.reason or f"This plan is already {result.status.value}."), ""
+        await self._refresh_card(plan_id)
         if decision == "veto":
-            await self._refresh_card(plan_id)
-            return Reply(True, "Vetoed. Nothing will run.")
-        ready = await self._maybe_approve(plan_id)
-        if not ready:
-            await self._refresh_card(plan_id)
-        return Reply(True, "Approved and signed." if ready else "Approval recorded and signed.")
+            return Reply(True, "Vetoed. Nothing will run."), ""
+        if completes:
+            await self._approved(plan_id)
+            return Reply(True, "Approved and signed."), ""
+        return Reply(True, "Approval recorded and signed; more approvals are needed."), ""
 
-    async def _maybe_approve(self, plan_id: str) -> bool:
-        record = await self.store.load(plan_id)
-        if record is None:
-            return False
-        if anchor.check_quorum(record, self.constitution(), self.signer, self.clock()) is not None:
-            return False
-        if await self.store.transition(plan_id, {PlanStatus.PENDING}, PlanStatus.APPROVED):
-            await self.scheduler.enqueue("dispatch", f"dispatch:{plan_id}", {"plan_id": plan_id})
-            await self._refresh_card(plan_id)
-        return True
+    def _completes(
+        self, record: PlanRecord, signed: DecisionRecord, constitution: Constitution
+    ) -> bool:
+        """Would this decision, added to those already given, make the plan runnable?"""
+        after = replace(record, decisions=[*record.decisions, signed])
+        return anchor.check_quorum(after, constitution, self.signer, self.clock()) is None
+
+    async def _approved(self, plan_id: str) -> None:
+        await self.scheduler.enqueue("dispatch", f"dispatch:{plan_id}", {"plan_id": plan_id})
 
     async def _refresh_card(self, plan_id: str) -> None:
         await self.scheduler.enqueue(

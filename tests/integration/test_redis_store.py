@@ -68,21 +68,38 @@ async def test_one_decision_per_person_under_concurrency(store: RedisStore) -> N
     await store.save_new(record)
     digest = record.plan.digest
     results = await asyncio.gather(
-        *[store.decide(record.plan.id, digest, decision("U0ALICE001"), 1) for _ in range(20)]
+        *[store.decide(record.plan.id, digest, decision("U0ALICE001"), 0, False) for _ in range(20)]
     )
     assert sum(r.accepted for r in results) == 1
     loaded = await store.load(record.plan.id)
     assert loaded is not None and len(loaded.decisions) == 1
 
 
+async def test_a_decision_judged_on_stale_state_is_a_conflict(store: RedisStore) -> None:
+    record = await new_record()
+    await store.save_new(record)
+    digest = record.plan.digest
+    first = await store.decide(record.plan.id, digest, decision("U0ALICE001"), 0, False)
+    stale = await store.decide(record.plan.id, digest, decision("U0BOBBY002"), 0, True)
+    assert first.accepted and not stale.accepted and stale.reason == "conflict"
+    done = await store.decide(record.plan.id, digest, decision("U0BOBBY002"), 1, True)
+    assert done.accepted and done.status == PlanStatus.APPROVED
+    loaded = await store.load(record.plan.id)
+    assert loaded is not None and loaded.status == PlanStatus.APPROVED
+    late = await store.decide(record.plan.id, digest, decision("U0CAROL003"), 2, True)
+    assert not late.accepted and "approved" in late.reason
+
+
 async def test_decision_refused_for_wrong_digest_or_state(store: RedisStore) -> None:
     record = await new_record()
     await store.save_new(record)
-    wrong = await store.decide(record.plan.id, "0" * 64, decision("U0ALICE001"), 1)
+    wrong = await store.decide(record.plan.id, "0" * 64, decision("U0ALICE001"), 0, True)
     assert not wrong.accepted and "changed" in wrong.reason
-    veto = await store.decide(record.plan.id, record.plan.digest, decision("U0BOBBY002", "veto"), 1)
+    veto = await store.decide(
+        record.plan.id, record.plan.digest, decision("U0BOBBY002", "veto"), 0, False
+    )
     assert veto.accepted and veto.status == PlanStatus.VETOED
-    late = await store.decide(record.plan.id, record.plan.digest, decision("U0ALICE001"), 1)
+    late = await store.decide(record.plan.id, record.plan.digest, decision("U0ALICE001"), 1, True)
     assert not late.accepted and "vetoed" in late.reason
 
 
