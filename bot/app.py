@@ -63,12 +63,12 @@ class Runtime:
 
     async def start_worker(self) -> None:
         self.worker = jobs.make_worker(self.pool, self.sophie, self.settings.worker_poll_delay)
-        self._worker_task = asyncio.create_task(self.worker.main())
+        self._worker_task = asyncio.create_task(self.worker.async_run())
 
     async def close(self) -> None:
         await drain()
         if self.worker is not None:
-            await self.worker.close()
+            await _stop_worker_gracefully(self.worker)
         if self._worker_task is not None:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -77,6 +77,28 @@ class Runtime:
         await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
+
+
+SHUTDOWN_GRACE_SECONDS = 10
+
+
+async def _stop_worker_gracefully(worker: Worker) -> None:
+    """Take no new jobs, let running ones finish (bounded), then close.
+
+    A job still running after the grace period is cancelled; arq runs it again once
+    its lease expires, so nothing is lost, only delayed.
+    """
+    if worker.main_task is not None:
+        worker.main_task.cancel()
+    running = [t for t in worker.tasks.values() if not t.done()]
+    if running:
+        await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
+    try:
+        await worker.close()
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise  # we are being cancelled ourselves: do not swallow it
 
 
 def bundle_token(keyring: KeyRing, plan_id: str) -> str:

@@ -35,7 +35,7 @@ SEED = "Add caching to the user authentication system and deploy to staging"
 
 
 def cards(slack: FakeSlack, thread_ts: str) -> list[Any]:
-    return [m for m in slack.thread(CHANNEL, thread_ts) if _buttons(m.blocks) or _is_card(m)]
+    return [m for m in slack.thread(CHANNEL, thread_ts) if _is_card(m)]
 
 
 def _is_card(message: Any) -> bool:
