@@ -52,7 +52,8 @@ class Settings:
     port: int = 3000
     public_url: str | None = None
     poll_seconds: float = 10.0
-    worker_poll_delay: float = 0.05
+    # How often an idle worker looks for jobs: the floor of directive-to-card latency.
+    worker_poll_delay: float = 0.02
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -89,6 +90,7 @@ class Settings:
             port=int(_env("PORT", env) or 3000),
             public_url=_env("SOPHIE_PUBLIC_URL", env),
             poll_seconds=float(_env("SOPHIE_POLL_SECONDS", env) or 10),
+            worker_poll_delay=float(_env("SOPHIE_WORKER_POLL_SECONDS", env) or 0.02),
         )
 
     @property

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints
 
 from roles.canonical import sha256_digest
 
@@ -204,14 +204,25 @@ class Plan(_Closed):
     revision: int = Field(default=1, ge=1, le=100)
     revises: PlanId | None = None
     changes_requested: LongText | None = None
+    _digest: str | None = PrivateAttr(default=None)
 
     def document(self) -> dict[str, Any]:
         """The plan as plain JSON-compatible data (what is hashed and shown)."""
         return self.model_dump(mode="json")
 
+    def __eq__(self, other: object) -> bool:
+        # Equal content, equal plan (the cached digest is not content).
+        return isinstance(other, Plan) and self.digest == other.digest
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
     @property
     def digest(self) -> str:
-        return sha256_digest(self.document())
+        # The model is frozen, so the digest of its content can be computed once.
+        if self._digest is None:
+            self._digest = sha256_digest(self.document())
+        return self._digest
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.document(), sort_keys=False, allow_unicode=True, width=100)

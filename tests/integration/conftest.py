@@ -12,7 +12,7 @@ from tests.fakes.github_rest import FakeGitHub
 from tests.fakes.llm_api import FakeLLM
 from tests.fakes.llm_plans import planning_model
 from tests.fakes.server import ThreadedServer
-from tests.fakes.slack_web import FakeSlack
+from tests.fakes.slack_api import FakeSlack
 from tests.harness import BOT_TOKEN, GITHUB_TOKEN, LLM_KEY, App, settings_for, start_app
 
 ALICE, BOB, CAROL = "U0ALICE001", "U0BOBBY002", "U0CAROL003"

@@ -28,7 +28,7 @@ from roles.offline_planner import OfflinePlanner
 from roles.plan import ApprovalLevel, Plan
 from roles.ports import Planner, PlanningFailed
 from roles.records import Actor, PlanRecord, PlanStatus, Thread
-from tests.fakes import block_kit
+from tests.fakes import blockkit
 from tests.fakes.llm_api import Content, FakeLLM, Reply
 from tests.fakes.llm_plans import directive_of, planning_model
 from tests.fakes.server import ThreadedServer
@@ -127,12 +127,12 @@ def _check(entry: dict[str, Any], plan: Plan, constitution: Constitution) -> Non
     status = PlanStatus.BLOCKED if denied else PlanStatus.PENDING
     record = PlanRecord(plan=plan, status=status, thread=Thread("C0DEPLOYS1", "1.0"))
     card = blocks.card(record)
-    assert block_kit.problems(card) == [], entry["id"]
+    assert blockkit.problems(card) == [], entry["id"]
     shown = json.dumps(card, ensure_ascii=False)
     pings = set(_PINGS.findall(shown.replace(f"<@{REQUESTER}>", "")))
     assert not pings, f"{entry['id']}: the card would ping: {pings}"
     assert not _HIDDEN.search(shown), f"{entry['id']}: hidden characters reach the card"
-    assert block_kit.view_problems(blocks.plan_modal(plan)) == []
+    assert blockkit.view_problems(blocks.plan_modal(plan)) == []
 
 
 @pytest.mark.parametrize("entry", CORPUS, ids=[e["id"] for e in CORPUS])

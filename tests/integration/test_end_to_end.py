@@ -18,7 +18,7 @@ from handlers import blocks as kit
 from roles.attestation import open_envelope
 from roles.records import PlanStatus
 from tests import slack_requests as sr
-from tests.fakes.slack_web import FakeSlack
+from tests.fakes.slack_api import FakeSlack
 from tests.harness import App, eventually, settings_for, start_app
 from tests.integration.conftest import (
     ALICE,
