@@ -488,7 +488,10 @@ class Sophie:
                 await self._refresh_card(plan_id)
             text = "The constitution changed since this plan was made; it is stale."
             return Reply(False, text), ""
-        groups = await self.directory.groups_of(actor.user_id, list(constitution.approvers.groups))
+        candidates = list(
+            dict.fromkeys([*constitution.approvers.groups, *plan.approval.distinct_groups])
+        )
+        groups = await self.directory.groups_of(actor.user_id, candidates)
         why = anchor.refusal(constitution, record, actor, groups, decision)
         if why:
             await self._refused(plan_id, actor, decision, why)

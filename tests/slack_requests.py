@@ -117,3 +117,32 @@ def command_body(
             "trigger_id": trigger_id or f"{int(time.time())}.{uuid.uuid4().int % 10**12}.cmd",
         }
     )
+
+
+def view_submission(
+    callback_id: str, private_metadata: str, user: str, values: dict[str, dict[str, str]]
+) -> dict[str, Any]:
+    """A modal submitted: ``values`` maps block_id → {action_id: text}."""
+    state = {
+        block: {
+            action: {"type": "plain_text_input", "value": text} for action, text in acts.items()
+        }
+        for block, acts in values.items()
+    }
+    return {
+        "type": "view_submission",
+        "team": {"id": TEAM, "domain": "sophie"},
+        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "api_app_id": "A0SOPHIEAPP",
+        "token": "legacy-verification-token",
+        "trigger_id": f"{int(time.time())}.{uuid.uuid4().int % 10**12}.sub",
+        "view": {
+            "id": f"V{uuid.uuid4().hex[:10].upper()}",
+            "team_id": TEAM,
+            "type": "modal",
+            "callback_id": callback_id,
+            "private_metadata": private_metadata,
+            "state": {"values": state},
+            "hash": "1.abc",
+        },
+    }

@@ -19,7 +19,9 @@ ALICE, BOB, CAROL = "U0ALICE001", "U0BOBBY002", "U0CAROL003"
 DAVE = "U0DAVE0004"  # the requester, not an approver
 MALLORY = "U0MALLORY9"  # not an approver
 SRE_GROUP = "S0SRETEAM1"
+SEC_GROUP = "S0SECURITY1"
 ERIN = "U0ERIN0005"  # an approver only through the SRE user group
+FRANK = "U0FRANK006"  # an approver only through the security user group
 CHANNEL = "C0DEPLOYS1"
 REPO = "acme/auth-service"
 STAGING_URL = "https://staging.acme.test/auth-service"
@@ -30,6 +32,7 @@ USERS = {
     DAVE: "dave",
     MALLORY: "mallory",
     ERIN: "erin",
+    FRANK: "frank",
 }
 
 
@@ -45,7 +48,9 @@ class Fakes:
 
 @pytest.fixture()
 def fakes() -> Iterator[Fakes]:
-    slack = FakeSlack(token=BOT_TOKEN, users=USERS, usergroups={SRE_GROUP: [ERIN]})
+    slack = FakeSlack(
+        token=BOT_TOKEN, users=USERS, usergroups={SRE_GROUP: [ERIN], SEC_GROUP: [FRANK]}
+    )
     github = FakeGitHub(
         token=GITHUB_TOKEN,
         repos=(REPO, "acme/web-frontend"),
