@@ -62,7 +62,9 @@ class Runtime:
     _slack_ready: tuple[float, bool] = field(default=(0.0, False))
 
     async def start_worker(self) -> None:
-        self.worker = jobs.make_worker(self.pool, self.sophie, self.settings.worker_poll_delay)
+        self.worker = jobs.make_worker(
+            self.pool, self.sophie, self.settings.worker_poll_delay, self.settings.job_timeout
+        )
         self._worker_task = asyncio.create_task(self.worker.async_run())
 
     async def close(self) -> None:
@@ -158,7 +160,11 @@ async def build_runtime(settings: Settings) -> Runtime:
         scheduler=jobs.ArqScheduler(pool),
         directory=SlackDirectory(slack),
         tuning=Tuning(
-            poll_seconds=settings.poll_seconds, bundle_url=bundle_url if public else None
+            poll_seconds=settings.poll_seconds,
+            bundle_url=bundle_url if public else None,
+            dispatch_settle_seconds=settings.dispatch_settle_seconds,
+            dispatch_recheck_seconds=min(10.0, settings.dispatch_settle_seconds / 4),
+            status_edit_seconds=settings.status_edit_seconds,
         ),
     )
     bolt = _bolt(settings, slack, sophie)

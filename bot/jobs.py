@@ -59,7 +59,9 @@ class ArqScheduler:
             log.info("job %s already queued or done; not queued again", key)
 
 
-def _job(name: str, run: Callable[[Sophie, dict[str, Any]], Awaitable[Any]]) -> Function:
+def _job(
+    name: str, run: Callable[[Sophie, dict[str, Any]], Awaitable[Any]], timeout: float
+) -> Function:
     async def wrapper(ctx: dict[str, Any], **payload: Any) -> None:
         try:
             await run(ctx["sophie"], payload)
@@ -70,32 +72,35 @@ def _job(name: str, run: Callable[[Sophie, dict[str, Any]], Awaitable[Any]]) -> 
         JOBS.labels(job=name, outcome="ok").inc()
 
     wrapper.__qualname__ = wrapper.__name__ = f"{name}_job"
-    return func(wrapper, name=name, timeout=JOB_TIMEOUT_SECONDS, max_tries=3)
+    return func(wrapper, name=name, timeout=timeout, max_tries=3)
 
 
-FUNCTIONS = [
-    _job("plan", lambda s, p: s.plan(directive_from_payload(p["directive"]))),
-    _job("dispatch", lambda s, p: s.dispatch(p["plan_id"])),
-    _job("track", lambda s, p: s.track(p["plan_id"])),
-    _job("card", lambda s, p: s.refresh_card(p["plan_id"])),
-    _job("veto_window", lambda s, p: s.veto_window_closed(p["plan_id"])),
-    _job("expire", lambda s, p: s.expire(p["plan_id"])),
-    _job("remind", lambda s, p: s.remind(p["plan_id"])),
-    _job("revise", lambda s, p: s.revise(p["plan_id"], p["feedback"])),
-    _job("run_event", lambda s, p: s.run_event(int(p["run_id"]))),
-]
+JOBS_BY_NAME: dict[str, Callable[[Sophie, dict[str, Any]], Awaitable[Any]]] = {
+    "plan": lambda s, p: s.plan(directive_from_payload(p["directive"])),
+    "dispatch": lambda s, p: s.dispatch(p["plan_id"]),
+    "track": lambda s, p: s.track(p["plan_id"]),
+    "card": lambda s, p: s.refresh_card(p["plan_id"]),
+    "veto_window": lambda s, p: s.veto_window_closed(p["plan_id"]),
+    "expire": lambda s, p: s.expire(p["plan_id"]),
+    "remind": lambda s, p: s.remind(p["plan_id"]),
+    "revise": lambda s, p: s.revise(p["plan_id"], p["feedback"]),
+    "run_event": lambda s, p: s.run_event(int(p["run_id"])),
+}
 
 
-def make_worker(pool: ArqRedis, sophie: Sophie, poll_delay: float) -> Worker:
+def make_worker(
+    pool: ArqRedis, sophie: Sophie, poll_delay: float, job_timeout: float = JOB_TIMEOUT_SECONDS
+) -> Worker:
+    """A worker; a job whose worker died runs again ``job_timeout`` + 10 s after it started."""
     return Worker(
-        functions=FUNCTIONS,
+        functions=[_job(name, run, job_timeout) for name, run in JOBS_BY_NAME.items()],
         queue_name=QUEUE,
         redis_pool=pool,
         ctx={"sophie": sophie},
         handle_signals=False,
         poll_delay=poll_delay,
         max_jobs=20,
-        job_timeout=JOB_TIMEOUT_SECONDS,
+        job_timeout=job_timeout,
         keep_result=3600,
         job_serializer=_dumps,
         job_deserializer=_loads,

@@ -54,6 +54,10 @@ class Settings:
     poll_seconds: float = 10.0
     # How often an idle worker looks for jobs: the floor of directive-to-card latency.
     worker_poll_delay: float = 0.02
+    # A job's lease: if its worker dies, another runs it this long (+10 s) after it began.
+    job_timeout: float = 120.0
+    dispatch_settle_seconds: float = 45.0
+    status_edit_seconds: float = 1.5
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -91,6 +95,9 @@ class Settings:
             public_url=_env("SOPHIE_PUBLIC_URL", env),
             poll_seconds=float(_env("SOPHIE_POLL_SECONDS", env) or 10),
             worker_poll_delay=float(_env("SOPHIE_WORKER_POLL_SECONDS", env) or 0.02),
+            job_timeout=float(_env("SOPHIE_JOB_TIMEOUT", env) or 120),
+            dispatch_settle_seconds=float(_env("SOPHIE_DISPATCH_SETTLE_SECONDS", env) or 45),
+            status_edit_seconds=float(_env("SOPHIE_STATUS_EDIT_SECONDS", env) or 1.5),
         )
 
     @property

@@ -53,10 +53,7 @@ from roles.records import (
 log = logging.getLogger("sophie.executor")
 
 EVENT_TTL_SECONDS = 24 * 3600
-DISPATCH_SETTLE_SECONDS = 45
-DISPATCH_RECHECK_SECONDS = 10
 MAX_DISPATCH_ATTEMPTS = 3
-STATUS_EDIT_INTERVAL_SECONDS = 1.5
 MAX_DECIDE_ATTEMPTS = 5
 REMINDER_LEAD_SECONDS = 3600
 BOT_TEAM = "sophie"
@@ -74,6 +71,11 @@ class Reply:
 class Tuning:
     poll_seconds: float = 10.0
     max_polls: int = 720
+    # GitHub lists a dispatched run within seconds: after this long unseen, it never started.
+    dispatch_settle_seconds: float = 45.0
+    dispatch_recheck_seconds: float = 10.0
+    # Slack allows about one chat.update per second per message; stay under it.
+    status_edit_seconds: float = 1.5
     # Where a workflow fetches plan + envelopes too large for dispatch inputs.
     bundle_url: Callable[[str], str] | None = None
 
@@ -552,6 +554,12 @@ class Sophie:
         if record.status == PlanStatus.DISPATCHING:
             await self._resume_dispatch(record)
             return
+        if record.status == PlanStatus.RUNNING and record.run is not None:
+            # A re-run of a dispatch job whose worker died after the run started: make
+            # sure tracking goes on. The key follows the stored poll count, so a chain
+            # that is still alive merges with this one instead of doubling.
+            await self._again("track", plan_id, str(record.run.polls), 0)
+            return
         if not await self.store.transition(plan_id, {PlanStatus.APPROVED}, PlanStatus.DISPATCHING):
             log.info("plan %s not dispatched: it is %s", plan_id, record.status.value)
             return
@@ -601,7 +609,9 @@ class Sophie:
                 f"GitHub did not confirm the dispatch of {plan_id} ({str(exc)[:200]}); "
                 "checking whether the run started before trying again.",
             )
-            await self._again("dispatch", plan_id, f"check{attempt}", DISPATCH_RECHECK_SECONDS)
+            await self._again(
+                "dispatch", plan_id, f"check{attempt}", self.tuning.dispatch_recheck_seconds
+            )
             return
         except Exception as exc:  # refused (4xx, bad inputs): the thread must hear why
             log.exception("dispatch of %s failed", plan_id)
@@ -654,8 +664,10 @@ class Sophie:
             await self._running(record, marker, found)
             return
         waited = self.clock().timestamp() - marker.dispatched_at
-        if waited < DISPATCH_SETTLE_SECONDS:
-            await self._again("dispatch", plan_id, f"look{int(waited)}", DISPATCH_RECHECK_SECONDS)
+        if waited < self.tuning.dispatch_settle_seconds:
+            await self._again(
+                "dispatch", plan_id, f"look{waited:.1f}", self.tuning.dispatch_recheck_seconds
+            )
         elif marker.attempts < MAX_DISPATCH_ATTEMPTS:
             # GitHub lists a dispatched run within seconds; after this long it never started.
             await self._dispatch_once(record, attempt=marker.attempts + 1)
@@ -722,7 +734,7 @@ class Sophie:
         """Slack allows about one update per second per message; stay well under it."""
         now = self.clock().timestamp()
         last = self._last_edit.get(previous.message_ts or "", 0.0)
-        if now - last < STATUS_EDIT_INTERVAL_SECONDS:
+        if now - last < self.tuning.status_edit_seconds:
             return False
         self._last_edit[previous.message_ts or ""] = now
         return True

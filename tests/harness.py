@@ -77,6 +77,29 @@ def settings_for(
     constitution: Path | None = None,
     **overrides: Any,
 ) -> Settings:
+    env = env_for(
+        redis_url,
+        data_dir,
+        slack_url=slack_url,
+        github_url=github_url,
+        llm_url=llm_url,
+        constitution=constitution,
+        **overrides,
+    )
+    return Settings.from_env(env)
+
+
+def env_for(
+    redis_url: str,
+    data_dir: Path,
+    *,
+    slack_url: str,
+    github_url: str | None,
+    llm_url: str | None,
+    constitution: Path | None = None,
+    **overrides: Any,
+) -> dict[str, str]:
+    """The environment SOPHIE reads, pointing at the fakes (also for worker processes)."""
     env = {
         "SLACK_BOT_TOKEN": BOT_TOKEN,
         "SLACK_SIGNING_SECRET": SIGNING_SECRET,
@@ -93,7 +116,7 @@ def settings_for(
         env["SOPHIE_LLM_API_KEY"] = LLM_KEY
         env["SOPHIE_LLM_BASE_URL"] = llm_url.rstrip("/") + "/api/v1"
     env.update({k: str(v) for k, v in overrides.items()})
-    return Settings.from_env(env)
+    return env
 
 
 async def start_app(settings: Settings, *, worker: bool = True) -> App:

@@ -130,14 +130,22 @@ class _Fault:
     times: int
     headers: dict[str, str] = field(default_factory=dict)
     message: str = "Server Error"
+    after: bool = False  # do the work, then fail: the reply is lost, not the request
 
 
 class _Fail(Exception):
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        injected: bool = False,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.headers = headers or {}
+        self.injected = injected  # a scripted fault, not a refusal of a bad request
 
 
 class FakeGitHub:
@@ -182,9 +190,14 @@ class FakeGitHub:
 
     # -- control (tests) -----------------------------------------------------------
 
-    def fail_next(self, method: str, path_regex: str, status: int = 502, times: int = 1) -> None:
+    def fail_next(
+        self, method: str, path_regex: str, status: int = 502, times: int = 1, after: bool = False
+    ) -> None:
+        """Fail matching requests; with ``after`` the request takes effect and only the
+        reply is an error (a dispatch that happened although GitHub answered 502)."""
+        fault = _Fault(method.upper(), re.compile(path_regex), status, times, after=after)
         with self._lock:
-            self._faults.append(_Fault(method.upper(), re.compile(path_regex), status, times))
+            self._faults.append(fault)
 
     def rate_limit_next(self, kind: str = "primary", times: int = 1, wait: int = 1) -> None:
         if kind == "primary":
@@ -251,15 +264,19 @@ class FakeGitHub:
         path = request.path
         try:
             self._authorise(request)
-            self._inject_fault(request.method, path)
+            self._inject_fault(request.method, path, after=False)
             reasons = github_spec.check_request(request.method, path, query, body)
             if reasons:
                 raise _Fail(422, "Invalid request.\n\n" + "\n".join(reasons))
             request[BODY] = body
             response = await handler(request)
+            self._inject_fault(request.method, path, after=True)
         except _Fail as exc:
             with self._lock:
-                self.rejections.append(Rejection(request.method, path, exc.status, [exc.message]))
+                if not exc.injected:
+                    self.rejections.append(
+                        Rejection(request.method, path, exc.status, [exc.message])
+                    )
                 self.requests.append(Request(request.method, path, query, body, exc.status))
             payload = {"message": exc.message, "documentation_url": "https://docs.github.com/rest"}
             return web.json_response(payload, status=exc.status, headers=exc.headers)
@@ -292,14 +309,16 @@ class FakeGitHub:
         if scheme.lower() not in ("token", "bearer") or token not in self.tokens:
             raise _Fail(401, "Bad credentials")
 
-    def _inject_fault(self, method: str, path: str) -> None:
+    def _inject_fault(self, method: str, path: str, after: bool) -> None:
         with self._lock:
             for fault in self._faults:
+                if fault.after != after:
+                    continue
                 if fault.method in ("*", method) and fault.path.search(path):
                     fault.times -= 1
                     if fault.times <= 0:
                         self._faults.remove(fault)
-                    raise _Fail(fault.status, fault.message, dict(fault.headers))
+                    raise _Fail(fault.status, fault.message, dict(fault.headers), injected=True)
 
     def _base(self, request: web.Request) -> str:
         return f"http://{request.host}"
