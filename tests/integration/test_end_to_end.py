@@ -256,3 +256,27 @@ async def test_restarting_the_bot_loses_nothing(
         assert len(cards(fakes.slack, event["event"]["ts"])) == 1
     finally:
         await second.close()
+
+
+async def test_health_and_a_redis_outage_lose_nothing(
+    app: App, fakes: Fakes, redis_server: Any
+) -> None:
+    health = await app.session.get(f"{app.url}/healthz")
+    ready = await app.session.get(f"{app.url}/readyz")
+    assert health.status == 200 and ready.status == 200
+    assert (await ready.json())["checks"] == {"redis": True, "slack": True}
+
+    redis_server.kill()
+    try:
+        event = sr.mention_event(SEED, DAVE, CHANNEL)
+        refused = await app.event(event)
+        # Not acknowledged, so Slack delivers it again; nothing was half-done.
+        assert refused.status >= 500
+        down = await app.session.get(f"{app.url}/readyz")
+        assert down.status == 503 and (await down.json())["checks"]["redis"] is False
+    finally:
+        redis_server.start()
+    retry = await app.event(event, extra={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "x"})
+    assert retry.status == 200
+    (card,) = await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), within=20)
+    assert "Σ Plan" in _text(card.blocks)
