@@ -22,7 +22,7 @@ from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import jobs
+from bot import github_webhook, jobs
 from bot.constitution_source import ConstitutionSource
 from bot.dry_run import DryRunGateway
 from bot.embedded_redis import EmbeddedRedis
@@ -34,7 +34,7 @@ from bot.settings import Settings
 from bot.signer import KeyRing, load_keyring
 from bot.slack_directory import SlackDirectory
 from bot.slack_notifier import SlackNotifier
-from handlers import actions, commands, events, github_webhook, home
+from handlers import actions, commands, events, home
 from handlers.background import drain
 from roles import integrator
 from roles.executor import Sophie, Tuning
