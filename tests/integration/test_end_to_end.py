@@ -97,6 +97,14 @@ async def test_seed_directive_from_mention_to_staging_url(app: App, fakes: Fakes
     value = buttons[kit.APPROVE]["value"]
     plan_id = value.split("|")[0]
 
+    # The full plan YAML is one click away, in a modal.
+    await app.interact(
+        click(fakes, kit.VIEW_PLAN, buttons[kit.VIEW_PLAN]["value"], BOB, card.ts, "v")
+    )
+    (modal,) = await eventually(lambda: slack.views, what="the plan modal")
+    shown = _text(modal.view["blocks"])
+    assert "apiVersion: sophie/v1" in shown and plan_id in shown
+
     # Slack retries the event (it thinks we missed it): still one plan, one card.
     retry = await app.event(event, extra={"X-Slack-Retry-Num": "1", "X-Slack-Retry-Reason": "x"})
     assert retry.status == 200
