@@ -19,6 +19,7 @@ from arq.worker import Worker
 from openai import AsyncOpenAI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
+from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
@@ -188,6 +189,15 @@ def _bolt(settings: Settings, slack: AsyncWebClient, sophie: Sophie) -> AsyncApp
     actions.register(bolt, sophie)
     home.register(bolt, sophie)
     return bolt
+
+
+async def connect_socket_mode(rt: Runtime) -> AsyncSocketModeHandler:
+    """Receive events and interactions over Slack's Socket Mode (no public URL needed)."""
+    if rt.bolt is None or rt.settings.slack_app_token is None:
+        raise ValueError("Socket Mode needs SLACK_BOT_TOKEN and SLACK_APP_TOKEN (xapp-…)")
+    handler = AsyncSocketModeHandler(rt.bolt, rt.settings.slack_app_token)
+    await handler.connect_async()
+    return handler
 
 
 def web_app(rt: Runtime) -> web.Application:

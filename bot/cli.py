@@ -124,7 +124,7 @@ def _describe_mode(settings: Settings) -> None:
 
 
 async def _serve(settings: Settings, socket: bool, worker: bool, host: str, port: int) -> int:
-    from bot.app import build_runtime, web_app
+    from bot.app import build_runtime, connect_socket_mode, web_app
 
     rt = await build_runtime(settings)
     _describe_mode(settings)
@@ -139,10 +139,7 @@ async def _serve(settings: Settings, socket: bool, worker: bool, host: str, port
         if settings.slack_app_token is None:
             log.error("--socket needs SLACK_APP_TOKEN (an xapp- token with connections:write)")
             return 2
-        from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
-
-        handler = AsyncSocketModeHandler(rt.bolt, settings.slack_app_token)
-        await handler.connect_async()
+        handler = await connect_socket_mode(rt)
         log.info("connected to Slack over Socket Mode")
     try:
         await _wait_for_signal()
