@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import re
+
 from roles.untrusted import clean_text
 
 SECTION_LIMIT = 3000
+_BOUNDARY_MARK = re.compile(r"(?<!\w)[*_~]|[*_~](?!\w)")
 
 
 def escape(text: str, limit: int = 2900) -> str:
@@ -15,9 +18,10 @@ def escape(text: str, limit: int = 2900) -> str:
     """
     text = clean_text(text, limit=limit * 2)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-    # Neutralise the formatting characters so echoed text cannot restyle the card.
-    for ch in ("*", "_", "~", "`"):
-        text = text.replace(ch, "\u02bc" if ch == "`" else ch + "\u200b")
+    # Neutralise formatting so echoed text cannot restyle the card. Slack only styles
+    # *, _ and ~ at word boundaries, so identifiers like plan_ab12 stay copyable.
+    text = text.replace("`", "\u02bc")
+    text = _BOUNDARY_MARK.sub(lambda m: m.group(0) + "\u200b", text)
     return truncate(text, limit)
 
 

@@ -301,3 +301,13 @@ async def test_a_plan_edited_in_redis_is_never_dispatched(bot: Bot, fakes: Fakes
     record = await app.rt.store.load(plan_id)
     assert record is not None and record.status == PlanStatus.STALE
     assert dispatched_inputs(fakes) == []
+
+
+async def test_an_expiring_plan_is_reminded_in_its_thread(bot: Bot, fakes: Fakes) -> None:
+    app = await bot.start(lambda doc: None)
+    card, thread_ts = await bot.directive("deploy auth to production")
+    plan_id = _buttons(card.blocks)[kit.APPROVE]["value"].split("|")[0]
+    assert "more approvals are needed" in await bot.press(card, ALICE, "a")
+    await app.rt.sophie.remind(plan_id)  # the job the scheduler runs before the TTL ends
+    note = next(m.text for m in fakes.slack.thread(CHANNEL, thread_ts) if "expires in" in m.text)
+    assert plan_id in note and "1 more approver" in note

@@ -234,3 +234,24 @@ def test_directive_text_is_cleaned(constitution: Constitution) -> None:
     assert "\u200b" not in reading.text and "\u202e" not in reading.text
     assert "\x00" not in reading.text and "<!channel>" not in reading.text
     assert reading.environment == "staging"
+
+
+async def test_the_card_shows_model_disagreement(constitution: Constitution) -> None:
+    from handlers import blocks
+    from roles.records import PlanRecord, PlanStatus, Thread
+
+    plan = await _plan("deploy auth to staging", constitution)
+    provenance = plan.provenance.model_copy(
+        update={
+            "planner": "llm",
+            "models": ["a/x", "b/y"],
+            "agreement": 0.62,
+            "disagreements": ["destructive steps"],
+        }
+    )
+    shown = Plan.model_validate({**plan.document(), "provenance": provenance.model_dump()})
+    text = str(
+        blocks.card(PlanRecord(plan=shown, status=PlanStatus.PENDING, thread=Thread("C1", "1")))
+    )
+    assert "The models disagree* on destructive steps" in text
+    assert "agreement 62%" in text
