@@ -178,7 +178,10 @@ class FakeGitHub:
         self.webhook_url: str | None = None
         self.webhook_secret: str = ""
         self.deliveries: list[dict[str, Any]] = []
-        self.app_installations: dict[int, str] = {}  # installation id → app public key PEM
+        # GitHub Apps: app id → public key (PEM); installation id → app id.
+        self.app_keys: dict[str, str] = {}
+        self.installations: dict[int, str] = {}
+        self.installation_tokens: list[str] = []
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(7_000_001)
@@ -357,6 +360,7 @@ class FakeGitHub:
         r.add_get(base + "/releases", self._list_releases)
         r.add_get(base + "/releases/{release_id}/assets", self._list_assets)
         r.add_get("/rate_limit", self._rate_limit)
+        r.add_post("/app/installations/{installation_id}/access_tokens", self._access_token)
 
     # -- shapes --------------------------------------------------------------------
 
@@ -828,6 +832,43 @@ class FakeGitHub:
                 for n, name in enumerate(release.assets)
             ]
         return web.json_response(body)
+
+    def install_app(self, app_id: str, public_key_pem: str, installation_id: int) -> None:
+        with self._lock:
+            self.app_keys[app_id] = public_key_pem
+            self.installations[installation_id] = app_id
+
+    async def _access_token(self, request: web.Request) -> web.Response:
+        """An installation token for a JWT signed by the App's private key (RS256)."""
+        import jwt
+
+        installation = int(request.match_info["installation_id"])
+        app_id = self.installations.get(installation)
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if app_id is None:
+            raise _Fail(404, "Not Found")
+        if scheme.lower() != "bearer":
+            raise _Fail(401, "A JSON web token could not be decoded")
+        try:
+            claims = jwt.decode(token, self.app_keys[app_id], algorithms=["RS256"])
+        except jwt.PyJWTError as exc:
+            raise _Fail(401, f"A JSON web token could not be decoded: {exc}") from exc
+        if str(claims.get("iss")) != app_id or claims["exp"] - claims["iat"] > 600:
+            raise _Fail(401, "'Expiration time' claim ('exp') is too far in the future")
+        issued = f"ghs_{uuid.uuid4().hex}"
+        with self._lock:
+            self.tokens.add(issued)
+            self.installation_tokens.append(issued)
+        expires = datetime.fromtimestamp(time.time() + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return web.json_response(
+            {
+                "token": issued,
+                "expires_at": expires,
+                "permissions": {"actions": "write", "deployments": "read", "contents": "read"},
+                "repository_selection": "all",
+            },
+            status=201,
+        )
 
     async def _rate_limit(self, request: web.Request) -> web.Response:
         core = {"limit": 5000, "remaining": 4999, "reset": int(time.time()) + 3600, "used": 1}

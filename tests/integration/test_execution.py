@@ -341,3 +341,93 @@ async def test_a_killed_worker_is_replaced_and_tracking_resumes(
             first.kill()
     assert len(fakes.github.dispatches) == 1
     assert app is not None
+
+
+async def test_a_plan_too_large_for_inputs_travels_by_authenticated_bundle_url(
+    runner: Runner, fakes: Fakes
+) -> None:
+    # A model that writes a very detailed plan: far beyond GitHub's 65,535-character inputs.
+    from tests.fakes.llm_api import Content
+    from tests.fakes.llm_plans import planning_model
+
+    normal = planning_model()
+
+    def verbose(model: str, body: dict[str, Any]) -> Content:
+        draft = json.loads(normal(model, body).text)  # type: ignore[union-attr]
+        for n, step in enumerate(draft["steps"]):
+            step["inputs"] = [
+                {"name": f"note{i}", "value": f"{n}:{i} " + "x" * 990} for i in range(10)
+            ]
+        return Content(json.dumps(draft))
+
+    fakes.llm.default = verbose
+    settings = settings_for(
+        runner.redis_url,
+        runner.tmp / "data",
+        slack_url=fakes.slack_server.url,
+        github_url=fakes.github_server.url,
+        llm_url=fakes.llm_server.url,
+        SOPHIE_PUBLIC_URL="https://sophie.example.test",
+        **FAST,
+    )
+    runner.app = app = await start_app(settings)
+    card = await runner.approved()
+    (inputs,) = await eventually(lambda: dispatched_inputs(fakes), what="dispatch")
+    assert "plan" not in inputs and "envelopes" not in inputs
+    bundle_url = inputs["bundle_url"]
+    assert bundle_url.startswith(
+        f"https://sophie.example.test/plans/{inputs['plan_id']}/bundle?token="
+    )
+    local = bundle_url.replace("https://sophie.example.test", app.url)
+    async with app.session.get(local) as resp:
+        bundle = await resp.json(content_type=None)
+    assert resp.status == 200 and len(bundle["envelopes"]) == 1
+    from roles.plan import Plan
+
+    assert Plan.from_document(bundle["plan"]).digest == inputs["plan_digest"]
+    forged = local.split("token=")[0] + "token=" + "0" * 32
+    async with app.session.get(forged) as resp:
+        assert resp.status == 401
+    assert fakes.github.rejections == []
+    assert card is not None
+
+
+async def test_github_app_authentication(runner: Runner, fakes: Fakes) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private_pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode()
+    public_pem = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+    fakes.github.install_app("424242", public_pem, 77)
+    key_file = runner.tmp / "app.pem"
+    key_file.write_text(private_pem)
+    settings = settings_for(
+        runner.redis_url,
+        runner.tmp / "data",
+        slack_url=fakes.slack_server.url,
+        github_url=fakes.github_server.url,
+        llm_url=None,
+        GITHUB_TOKEN="",  # no personal token: the App is the only way in
+        GITHUB_APP_ID="424242",
+        GITHUB_APP_PRIVATE_KEY_FILE=str(key_file),
+        GITHUB_APP_INSTALLATION_ID="77",
+        **FAST,
+    )
+    assert settings.github_token is None and not settings.dry_run
+    assert private_pem in settings.secrets()  # never logged
+    runner.app = await start_app(settings)
+    card = await runner.approved()
+    final = await eventually(lambda: runner.result(card), within=15, what="the result")
+    assert STAGING_URL in _text(final.blocks)
+    assert len(fakes.github.installation_tokens) >= 1
+    used = {r.path for r in fakes.github.requests if r.status < 300}
+    assert "/app/installations/77/access_tokens" in used
