@@ -34,6 +34,8 @@ log = logging.getLogger("sophie.github")
 
 T = TypeVar("T")
 
+# The pipeline template reports pushed images as `::notice title=sophie-image::REF`.
+IMAGE_NOTICE = "sophie-image"
 # Release assets worth linking in the thread (installers and archives).
 _ASSET_SUFFIXES = (".deb", ".rpm", ".dmg", ".pkg", ".msi", ".exe", ".zip", ".tar.gz", ".tgz")
 
@@ -186,6 +188,7 @@ class GitHubGateway:
             ]
             info.staging_url = self._environment_url(repo, plan, run.head_sha)
             info.release_assets = self._release_assets(repo, run.head_sha)
+            info.images = self._images(repo, run)
         return info
 
     @staticmethod
@@ -211,6 +214,24 @@ class GitHubGateway:
         except GithubException as exc:
             log.warning("could not read deployments for %s: %s", plan.id, exc.status)
         return None
+
+    @staticmethod
+    def _images(repo: Any, run: WorkflowRun) -> list[str]:
+        """Container images the workflow reported as ``::notice title=sophie-image::REF``."""
+        images: list[str] = []
+        try:
+            for n, job in enumerate(run.jobs()):
+                if n >= 10 or job.conclusion != "success" or not job.check_run_url:
+                    continue
+                check_run = repo.get_check_run(int(job.check_run_url.rstrip("/").rsplit("/", 1)[1]))
+                if not check_run.output or not check_run.output.annotations_count:
+                    continue
+                for note in check_run.get_annotations():
+                    if note.title == IMAGE_NOTICE and note.message:
+                        images.append(note.message.strip()[:300])
+        except GithubException as exc:
+            log.warning("could not read check-run annotations: %s", exc.status)
+        return list(dict.fromkeys(images))[:10]
 
     @staticmethod
     def _release_assets(repo: Any, sha: str) -> list[Link]:

@@ -43,6 +43,8 @@ OPERATIONS = [
     ("get", "/repos/{owner}/{repo}/releases"),
     ("get", "/repos/{owner}/{repo}/releases/tags/{tag}"),
     ("get", "/repos/{owner}/{repo}/releases/{release_id}/assets"),
+    ("get", "/repos/{owner}/{repo}/check-runs/{check_run_id}"),
+    ("get", "/repos/{owner}/{repo}/check-runs/{check_run_id}/annotations"),
     ("get", "/rate_limit"),
     ("post", "/app/installations/{installation_id}/access_tokens"),
     ("get", "/app/installations/{installation_id}"),

@@ -159,6 +159,7 @@ class FakeGitHub:
         ghes: bool = False,
         auto_advance: bool = True,
         artifacts: tuple[str, ...] = ("auth-service.deb", "sbom.spdx.json"),
+        release_assets: tuple[str, ...] = (),
     ) -> None:
         self.tokens = {token}
         self.repos = set(repos)
@@ -168,6 +169,8 @@ class FakeGitHub:
         self.ghes = ghes
         self.auto_advance = auto_advance
         self.artifact_names = artifacts
+        # When set, a successful run also publishes a release of its commit with these.
+        self.release_assets = release_assets
         self.fail_job: str | None = None  # the next runs fail in this job
         self.runs: dict[int, Run] = {}
         self.dispatches: list[Dispatch] = []
@@ -359,6 +362,8 @@ class FakeGitHub:
         r.add_get(base + "/deployments/{deployment_id}/statuses", self._list_statuses)
         r.add_get(base + "/releases", self._list_releases)
         r.add_get(base + "/releases/{release_id}/assets", self._list_assets)
+        r.add_get(base + "/check-runs/{check_run_id}", self._check_run)
+        r.add_get(base + "/check-runs/{check_run_id}/annotations", self._annotations)
         r.add_get("/rate_limit", self._rate_limit)
         r.add_post("/app/installations/{installation_id}/access_tokens", self._access_token)
 
@@ -441,6 +446,7 @@ class FakeGitHub:
                     "head_branch": run.ref,
                     "run_attempt": 1,
                     "labels": ["ubuntu-latest"],
+                    "check_run_url": f"{base}/repos/{run.repo}/check-runs/{jid}",
                     "steps": [
                         {
                             "name": "Set up job",
@@ -517,6 +523,11 @@ class FakeGitHub:
         action = run.inputs.get("action", "deploy")
         for name in self.artifact_names if action != "rollback" else ():
             run.artifacts.append({"id": next(self._ids), "name": name})
+        if self.release_assets and action != "rollback":
+            tag = f"v1.0.{run.number}"
+            self.releases.append(
+                Release(next(self._ids), run.repo, tag, run.head_sha, list(self.release_assets))
+            )
         if action in ("deploy", "rollback"):
             sha = run.inputs.get("deploy_sha") or run.head_sha
             env = run.inputs.get("environment", "staging")
@@ -832,6 +843,73 @@ class FakeGitHub:
                 for n, name in enumerate(release.assets)
             ]
         return web.json_response(body)
+
+    def _job_of_check_run(self, request: web.Request, repo: str) -> tuple[Run, int]:
+        """Check runs share ids with jobs here (job id = run id * 10 + index)."""
+        cid = int(request.match_info["check_run_id"])
+        run = self.runs.get(cid // 10)
+        if run is None or run.repo != repo or cid % 10 >= len(JOBS):
+            raise _Fail(404, "Not Found")
+        return run, cid % 10
+
+    async def _check_run(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        base = self._base(request)
+        with self._lock:
+            run, n = self._job_of_check_run(request, repo)
+            status, conclusion = self._job_state(run, n)
+            cid = run.id * 10 + n
+            url = f"{base}/repos/{repo}/check-runs/{cid}"
+            body = {
+                "id": cid,
+                "node_id": f"CR_{cid}",
+                "name": JOBS[n],
+                "head_sha": run.head_sha,
+                "status": status,
+                "conclusion": conclusion,
+                "url": url,
+                "html_url": f"https://github.com/{repo}/runs/{cid}",
+                "details_url": f"https://github.com/{repo}/actions/runs/{run.id}/job/{cid}",
+                "external_id": str(cid),
+                "started_at": run.created_at,
+                "completed_at": _now() if status == "completed" else None,
+                "output": {
+                    "title": None,
+                    "summary": None,
+                    "text": None,
+                    "annotations_count": len(self._notices(run, n)),
+                    "annotations_url": f"{url}/annotations",
+                },
+                "pull_requests": [],
+            }
+        return web.json_response(body)
+
+    def _notices(self, run: Run, n: int) -> list[dict[str, Any]]:
+        """What the template's build job reports with ::notice (the pushed image)."""
+        built = run.stage == len(STAGES) - 1 and self._job_state(run, n) == ("completed", "success")
+        if JOBS[n] != "build" or not built or "docker" not in run.inputs.get("artifacts", ""):
+            return []
+        return [
+            {
+                "path": ".github",
+                "blob_href": f"https://github.com/{run.repo}/blob/{run.head_sha}/.github",
+                "start_line": 1,
+                "end_line": 1,
+                "start_column": None,
+                "end_column": None,
+                "annotation_level": "notice",
+                "title": "sophie-image",
+                "message": f"ghcr.io/{run.repo}:{run.head_sha}",
+                "raw_details": None,
+            }
+        ]
+
+    async def _annotations(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        with self._lock:
+            run, n = self._job_of_check_run(request, repo)
+            notices = self._notices(run, n)
+        return web.json_response(notices)
 
     def install_app(self, app_id: str, public_key_pem: str, installation_id: int) -> None:
         with self._lock:

@@ -136,10 +136,17 @@ async def test_the_run_followed_by_webhooks_alone(runner: Runner, fakes: Fakes) 
 
 
 async def test_the_run_followed_by_polling_alone(runner: Runner, fakes: Fakes) -> None:
+    fakes.github.release_assets = ("auth-service_1.0_all.deb", "AuthService.dmg", "NOTES.txt")
     await runner.start()
     card = await runner.approved()
     final = await eventually(lambda: runner.result(card), what="the result")
-    assert STAGING_URL in _text(final.blocks)
+    text = _text(final.blocks)
+    assert STAGING_URL in text
+    # Installers from the release, not every file; and the image the workflow pushed.
+    assert "releases/download/v1.0.1/auth-service_1.0_all.deb" in text
+    assert "AuthService.dmg" in text and "NOTES.txt" not in text
+    (run_id,) = list(fakes.github.runs)
+    assert f"ghcr.io/{REPO}:{fakes.github.runs[run_id].head_sha}" in text
     assert len(status_messages(fakes, card)) == 1
     assert fakes.github.deliveries == []  # no webhook configured on the fake
 
