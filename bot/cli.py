@@ -35,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON instead of YAML")
     keygen = sub.add_parser("keygen", help="create an Ed25519 signing key")
     keygen.add_argument("--out", type=Path, default=None)
+    keygen.add_argument(
+        "--rotate",
+        action="store_true",
+        help="retire the current key (still served for verifying old decisions) and replace it",
+    )
     sub.add_parser("pubkey", help="print the public key (PEM, base64, OpenSSH)")
     verify = sub.add_parser("verify", help="verify signed decisions for a plan")
     verify.add_argument("envelopes", help="file (or base64 text) with one envelope or a list")
@@ -77,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "plan":
             return asyncio.run(_plan(settings, args.directive, args.json))
         if args.command == "keygen":
-            return _keygen(settings, args.out)
+            return _keygen(settings, args.out, args.rotate)
         if args.command == "pubkey":
             return _pubkey(settings)
         if args.command == "verify":
@@ -232,15 +237,23 @@ async def _plan(settings: Settings, text: str, as_json: bool) -> int:
     return 0
 
 
-def _keygen(settings: Settings, out: Path | None) -> int:
+def _keygen(settings: Settings, out: Path | None, rotate: bool = False) -> int:
     from nacl.signing import SigningKey
 
-    from bot.signer import generate_seed_file, keyid_for
+    from bot.signer import generate_seed_file, keyid_for, load_keyring, retire_current
 
-    path = out or settings.data_dir / "signing.key"
+    path = out or settings.signing_key_file or settings.data_dir / "signing.key"
     if path.exists():
-        print(f"error: {path} exists; refusing to overwrite a signing key", file=sys.stderr)
-        return 1
+        if not rotate:
+            print(
+                f"error: {path} exists; refusing to overwrite a signing key (use --rotate)",
+                file=sys.stderr,
+            )
+            return 1
+        old = load_keyring(None, path, settings.data_dir)
+        retire_current(old, settings.data_dir)
+        path.unlink()
+        print(f"retired keyid {old.keyid} (still published for verifying old decisions)")
     seed = generate_seed_file(path)
     public = bytes(SigningKey(seed).verify_key)
     print(f"wrote {path} (mode 0600); keyid {keyid_for(public)}")

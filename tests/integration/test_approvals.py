@@ -245,8 +245,10 @@ async def test_request_changes_voids_approvals_and_shows_the_diff(bot: Bot, fake
 
 
 async def test_an_expired_plan_says_so_and_never_runs(bot: Bot, fakes: Fakes) -> None:
-    await bot.start(lambda doc: doc.update(approval_ttl_seconds=1))
-    card, thread_ts = await bot.directive("deploy auth to staging")
+    await bot.start(lambda doc: doc.update(approval_ttl_seconds=2))
+    card, thread_ts = await bot.directive("deploy auth to production")
+    # One approval of two is given in time; the TTL passing voids it.
+    assert "more approvals are needed" in await bot.press(card, ALICE, "early")
     shown = await eventually(
         lambda: "Expired" in _text(bot.current(card).blocks) and bot.current(card),
         within=5,
@@ -254,7 +256,7 @@ async def test_an_expired_plan_says_so_and_never_runs(bot: Bot, fakes: Fakes) ->
     )
     assert "time-to-live" in _text(shown.blocks)
     assert any("expired" in m.text for m in fakes.slack.thread(CHANNEL, thread_ts))
-    assert "already expired" in await bot.press(card, ALICE, "late")
+    assert "already expired" in await bot.press(card, BOB, "late")
     assert dispatched_inputs(fakes) == []
 
 
