@@ -288,3 +288,20 @@ async def test_health_and_a_redis_outage_lose_nothing(
     assert retry.status == 200
     (card,) = await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), within=20)
     assert "Σ Plan" in _text(card.blocks)
+
+
+async def test_the_ack_never_waits_for_a_slow_model(app: App, fakes: Fakes) -> None:
+    from tests.fakes import llm_api
+    from tests.fakes.llm_plans import planning_model
+
+    body = {"messages": [{"role": "user", "content": f"<directive>{SEED}</directive>"}]}
+    fakes.llm.script(
+        "openai/gpt-4o-mini", llm_api.slow(1.5, planning_model()("openai/gpt-4o-mini", body))
+    )
+    event = sr.mention_event(SEED, DAVE, CHANNEL)
+    resp = await app.event(event)
+    assert resp.status == 200
+    # Answered while the model is still thinking: the request is in, no card yet.
+    await eventually(lambda: fakes.llm.completions(), what="the model call")
+    assert cards(fakes.slack, event["event"]["ts"]) == []
+    await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), what="the card, later")
