@@ -68,14 +68,19 @@ class Runtime:
         )
         self._worker_task = asyncio.create_task(self.worker.async_run())
 
-    async def close(self) -> None:
-        await drain()
+    async def stop_worker(self) -> None:
         if self.worker is not None:
             await _stop_worker_gracefully(self.worker)
+            self.worker = None
         if self._worker_task is not None:
             self._worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._worker_task
+            self._worker_task = None
+
+    async def close(self) -> None:
+        await drain()
+        await self.stop_worker()
         await self.pool.aclose()
         await self.redis.aclose()
         if self.embedded is not None:
@@ -166,6 +171,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             dispatch_settle_seconds=settings.dispatch_settle_seconds,
             dispatch_recheck_seconds=min(10.0, settings.dispatch_settle_seconds / 4),
             status_edit_seconds=settings.status_edit_seconds,
+            dispatch_lease_seconds=settings.job_timeout,
         ),
     )
     bolt = _bolt(settings, slack, sophie)

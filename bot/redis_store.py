@@ -72,6 +72,13 @@ return 0
 """
 
 
+# Delete a lease only if we still hold it (it may have expired and been taken).
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
 def _key(*parts: str) -> str:
     return PREFIX + ":".join(parts)
 
@@ -117,6 +124,7 @@ class RedisStore:
     def __init__(self, client: aioredis.Redis) -> None:
         self.r = client
         self._decide = client.register_script(_DECIDE)
+        self._release = client.register_script(_RELEASE)
         self._transition = client.register_script(_TRANSITION)
 
     async def ping(self) -> bool:
@@ -249,6 +257,14 @@ class RedisStore:
     async def set_prepared_rollback(self, key: str, current: str, sha: str, ref: str) -> None:
         doc = json.dumps({"current": current, "sha": sha, "ref": ref, "at": time.time()})
         await self.r.set(_key("rollback", key), doc)
+
+    async def claim_dispatch(self, plan_id: str, owner: str, lease_seconds: float) -> bool:
+        """A lease on talking to GitHub for this plan (one dispatch call in flight at most)."""
+        key = _key("plan", plan_id, "dispatching")
+        return bool(await self.r.set(key, owner, nx=True, px=int(lease_seconds * 1000)))
+
+    async def release_dispatch(self, plan_id: str, owner: str) -> None:
+        await self._release(keys=[_key("plan", plan_id, "dispatching")], args=[owner])
 
     async def claim_delivery(self, delivery_id: str) -> bool:
         """True the first time a webhook delivery id is seen (GitHub redelivers)."""

@@ -10,6 +10,7 @@ calls; state lives in the store, so any replica can pick up any step.
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -76,6 +77,9 @@ class Tuning:
     dispatch_recheck_seconds: float = 10.0
     # Slack allows about one chat.update per second per message; stay under it.
     status_edit_seconds: float = 1.5
+    # How long one job may hold a plan's dispatch: the job timeout, so that when the
+    # queue runs a dead worker's job again (timeout + 10 s later) the lease is gone.
+    dispatch_lease_seconds: float = 120.0
     # Where a workflow fetches plan + envelopes too large for dispatch inputs.
     bundle_url: Callable[[str], str] | None = None
 
@@ -544,10 +548,21 @@ class Sophie:
     async def dispatch(self, plan_id: str) -> None:
         """Dispatch an approved plan exactly once, even across retries and crashes.
 
-        A marker (correlation id, "unknown" outcome) is saved before GitHub is called;
-        a job that finds the plan already dispatching looks for the run by that id
-        before it would ever dispatch again.
+        Only the holder of the plan's dispatch lease talks to GitHub, so no other job
+        can act while a dispatch call is in flight. A marker (correlation id, "unknown"
+        outcome) is saved before GitHub is called; a job that finds the plan already
+        dispatching looks for the run by that id before it would ever dispatch again.
         """
+        owner = uuid.uuid4().hex
+        if not await self.store.claim_dispatch(plan_id, owner, self.tuning.dispatch_lease_seconds):
+            log.info("plan %s is being dispatched by another worker", plan_id)
+            return
+        try:
+            await self._dispatch_held(plan_id)
+        finally:
+            await self.store.release_dispatch(plan_id, owner)
+
+    async def _dispatch_held(self, plan_id: str) -> None:
         record = await self.store.load(plan_id)
         if record is None:
             return

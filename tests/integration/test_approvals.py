@@ -281,8 +281,7 @@ async def test_a_plan_edited_in_redis_is_never_dispatched(bot: Bot, fakes: Fakes
     await app.rt.start_worker()
     (card,) = await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), what="card")
     plan_id = _buttons(card.blocks)[kit.APPROVE]["value"].split("|")[0]
-    await app.rt.worker.close() if app.rt.worker else None  # type: ignore[func-returns-value]
-    app.rt.worker = None
+    await app.rt.stop_worker()  # the approval's dispatch job will wait in the queue
     assert "Approved and signed" in await bot.press(card, ALICE, "a")
 
     # Someone with Redis access rewrites a step behind the bot's back.
