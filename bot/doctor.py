@@ -58,13 +58,22 @@ async def run_doctor(settings: Settings) -> int:
         return f"team {resp.get('team')} as {resp.get('user')}"
 
     async def github() -> str:
-        if settings.github_token is None:
-            return "GITHUB_TOKEN not set: execution is a DRY RUN"
-        from github import Auth, Github
+        if not settings.github_configured:
+            return "neither GITHUB_TOKEN nor a GitHub App is set: execution is a DRY RUN"
+        from github import Github
 
-        gh = Github(auth=Auth.Token(settings.github_token), base_url=settings.github_api_url)
+        from bot.github_gateway import make_auth
+
+        auth = make_auth(
+            settings.github_token,
+            settings.github_app_id,
+            settings.github_app_private_key,
+            settings.github_app_installation_id,
+        )
+        gh = Github(auth=auth, base_url=settings.github_api_url, retry=None)
         remaining, limit = await asyncio.to_thread(lambda: gh.rate_limiting)
-        return f"token accepted; {remaining}/{limit} requests left this hour"
+        kind = "token" if settings.github_token else "GitHub App installation"
+        return f"{kind} accepted; {remaining}/{limit} requests left this hour"
 
     async def llm() -> str:
         if settings.llm_api_key is None:

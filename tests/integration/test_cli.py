@@ -126,3 +126,39 @@ async def test_audit_verify(redis_url: str, tmp_path: Path) -> None:
     bad = sophie("audit", "verify", data=tmp_path, REDIS_URL=redis_url)
     assert bad.returncode != 0
     await client.aclose()
+
+
+async def test_doctor_checks_every_service(redis_url: str, tmp_path: Path) -> None:
+    from tests.fakes.github_rest import FakeGitHub
+    from tests.fakes.llm_api import FakeLLM
+    from tests.fakes.server import ThreadedServer
+    from tests.fakes.slack_api import FakeSlack
+    from tests.harness import env_for
+
+    servers = [
+        ThreadedServer(FakeSlack(token="xoxb-test-bot-token").app).start(),
+        ThreadedServer(FakeGitHub(token="ghp_testtoken0123456789").app).start(),
+        ThreadedServer(FakeLLM(keys=("sk-or-test-key",)).app).start(),
+    ]
+    try:
+        env = env_for(
+            redis_url,
+            tmp_path / "data",
+            slack_url=servers[0].url,
+            github_url=servers[1].url,
+            llm_url=servers[2].url,
+        )
+        healthy = sophie("doctor", data=tmp_path / "data", **env)
+        assert healthy.returncode == 0, healthy.stdout
+        for name in ("constitution", "signing key", "redis", "slack", "github", "llm"):
+            assert f"✓ {name}" in healthy.stdout
+        assert "xoxb-test-bot-token" not in healthy.stdout + healthy.stderr
+        broken = sophie("doctor", data=tmp_path / "data", **{**env, "SLACK_BOT_TOKEN": "xoxb-bad"})
+        assert (
+            broken.returncode == 1
+            and "✗ slack" in broken.stdout
+            and "invalid_auth" in broken.stdout
+        )
+    finally:
+        for server in servers:
+            server.stop()

@@ -305,3 +305,18 @@ async def test_the_ack_never_waits_for_a_slow_model(app: App, fakes: Fakes) -> N
     await eventually(lambda: fakes.llm.completions(), what="the model call")
     assert cards(fakes.slack, event["event"]["ts"]) == []
     await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), what="the card, later")
+
+
+async def test_app_home_lists_recent_plans(app: App, fakes: Fakes) -> None:
+    event = sr.mention_event(SEED, DAVE, CHANNEL)
+    await app.event(event)
+    (card,) = await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), what="card")
+    plan_id = _buttons(card.blocks)[kit.APPROVE]["value"].split("|")[0]
+    home_event = {
+        **sr.mention_event("", ALICE, CHANNEL),
+        "event": {"type": "app_home_opened", "user": ALICE, "channel": "D0ALICE001", "tab": "home"},
+    }
+    assert (await app.event(home_event)).status == 200
+    published = await eventually(lambda: fakes.slack.home(ALICE), what="the Home tab")
+    assert plan_id in _text(published["blocks"]) and "pending" in _text(published["blocks"])
+    assert fakes.slack.rejections == []
