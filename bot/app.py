@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -18,29 +17,32 @@ from arq.connections import ArqRedis
 from arq.worker import Worker
 from openai import AsyncOpenAI
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import github_webhook, jobs
+from bot import github_webhook, jobs, slack_route, startup_checks
+from bot.audit_log import AuditLog
 from bot.constitution_source import ConstitutionSource
 from bot.dry_run import DryRunGateway
 from bot.embedded_redis import EmbeddedRedis
 from bot.github_gateway import GitHubGateway, make_auth
+from bot.health import readiness
 from bot.llm import ATTRIBUTION, LLMPlanner
 from bot.metrics import HTTP_SECONDS, REGISTRY
+from bot.redis_health import log_persistence
 from bot.redis_store import RedisStore
 from bot.settings import Settings
 from bot.signer import KeyRing, load_keyring
 from bot.slack_directory import SlackDirectory
-from bot.slack_notifier import SlackNotifier
+from bot.slack_notifier import SlackNotifier, retry_handlers
+from bot.supervisor import SupervisedWorker
 from handlers import actions, commands, events, home
 from handlers.background import drain
 from roles import integrator
-from roles.executor import Sophie, Tuning
 from roles.offline_planner import OfflinePlanner
 from roles.ports import CIGateway, Planner
+from roles.sophie import Sophie, Tuning
 
 log = logging.getLogger("sophie.app")
 
@@ -59,60 +61,64 @@ class Runtime:
     bolt: AsyncApp | None
     embedded: EmbeddedRedis | None = None
     worker: Worker | None = None
-    _worker_task: asyncio.Task[Any] | None = None
+    supervisor: SupervisedWorker | None = None
     _slack_ready: tuple[float, bool] = field(default=(0.0, False))
 
     async def start_worker(self) -> None:
+        """Run jobs in this process, supervised: restarted after outages, with heartbeats."""
+        s = self.settings
         self.worker = jobs.make_worker(
-            self.pool, self.sophie, self.settings.worker_poll_delay, self.settings.job_timeout
+            self.pool, self.sophie, s.worker_poll_delay, s.job_timeout, s.job_lease_seconds
         )
-        self._worker_task = asyncio.create_task(self.worker.async_run())
+        self.supervisor = SupervisedWorker(
+            self.worker,
+            self.redis,
+            heartbeat_seconds=s.worker_heartbeat_seconds,
+            lease_seconds=s.job_lease_seconds,
+        )
+        self.supervisor.start()
 
     async def stop_worker(self) -> None:
-        if self.worker is not None:
-            await _stop_worker_gracefully(self.worker)
-            self.worker = None
-        if self._worker_task is not None:
-            self._worker_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._worker_task
-            self._worker_task = None
+        """Take no new jobs, let running ones finish (bounded), then close."""
+        if self.supervisor is not None:
+            await self.supervisor.stop()
+        self.supervisor = None
+        self.worker = None
 
     async def close(self) -> None:
         await drain()
         await self.stop_worker()
-        await self.pool.aclose()
-        await self.redis.aclose()
+        with contextlib.suppress(Exception):  # Redis may be gone at shutdown
+            await self.pool.aclose()
+        with contextlib.suppress(Exception):
+            await self.redis.aclose()
         if self.embedded is not None:
             await self.embedded.stop()
 
 
-SHUTDOWN_GRACE_SECONDS = 10
+# How long a dispatched run may fetch its bundle (it verifies in its first job).
+BUNDLE_TOKEN_SECONDS = 6 * 3600
 
 
-async def _stop_worker_gracefully(worker: Worker) -> None:
-    """Take no new jobs, let running ones finish (bounded), then close.
-
-    A job still running after the grace period is cancelled; arq runs it again once
-    its lease expires, so nothing is lost, only delayed.
-    """
-    if worker.main_task is not None:
-        worker.main_task.cancel()
-    running = [t for t in worker.tasks.values() if not t.done()]
-    if running:
-        await asyncio.wait(running, timeout=SHUTDOWN_GRACE_SECONDS)
-    try:
-        await worker.close()
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise  # we are being cancelled ourselves: do not swallow it
-
-
-def bundle_token(keyring: KeyRing, plan_id: str) -> str:
-    """A capability for one plan's bundle, derived from the signing key."""
+def bundle_token(keyring: KeyRing, plan_id: str, expires: int | None = None) -> str:
+    """A capability for one plan's bundle until ``expires`` (unix seconds; default
+    :data:`BUNDLE_TOKEN_SECONDS` from now), derived from the signing key: the HMAC binds
+    the plan and the expiry, so neither can be changed in the URL."""
+    if expires is None:
+        expires = int(time.time()) + BUNDLE_TOKEN_SECONDS
     secret = hashlib.sha256(b"sophie-bundle:" + bytes(keyring.signing)).digest()
-    return hmac.new(secret, plan_id.encode(), hashlib.sha256).hexdigest()[:32]
+    mac = hmac.new(secret, f"{plan_id}\n{expires}".encode(), hashlib.sha256).hexdigest()[:32]
+    return f"{expires}.{mac}"
+
+
+def bundle_token_ok(keyring: KeyRing, plan_id: str, token: str, now: float | None = None) -> bool:
+    """The token is this plan's, unaltered and not expired."""
+    expires, dot, _ = token.partition(".")
+    if not dot or not (expires.isascii() and expires.isdigit()) or len(expires) > 12:
+        return False
+    if int(expires) <= (time.time() if now is None else now):
+        return False
+    return hmac.compare_digest(token, bundle_token(keyring, plan_id, int(expires)))
 
 
 def _planner(settings: Settings) -> Planner:
@@ -122,10 +128,10 @@ def _planner(settings: Settings) -> Planner:
         api_key=settings.llm_api_key,
         base_url=settings.llm_base_url,
         timeout=settings.llm_timeout_seconds,
-        max_retries=2,
+        max_retries=settings.llm_retries,
         default_headers=ATTRIBUTION,
     )
-    return LLMPlanner(client, settings.llm_models)
+    return LLMPlanner(client, settings.llm_models, parallel=settings.llm_parallel)
 
 
 def _ci(settings: Settings) -> CIGateway:
@@ -148,9 +154,13 @@ async def build_runtime(settings: Settings) -> Runtime:
         redis_url = await embedded.start()
     client = aioredis.from_url(redis_url)
     pool = await jobs.connect(redis_url)
-    store = RedisStore(client)
     keyring = load_keyring(settings.signing_key, settings.signing_key_file, settings.data_dir)
-    slack = AsyncWebClient(token=settings.slack_bot_token, base_url=settings.slack_api_url)
+    store = RedisStore(client, AuditLog(client, keyring, settings.data_dir))
+    slack = AsyncWebClient(
+        token=settings.slack_bot_token,
+        base_url=settings.slack_api_url,
+        retry_handlers=retry_handlers(),  # 429 (Retry-After), 5xx, connection errors
+    )
     public = settings.public_url.rstrip("/") if settings.public_url else None
 
     def bundle_url(plan_id: str) -> str:
@@ -172,9 +182,13 @@ async def build_runtime(settings: Settings) -> Runtime:
             dispatch_recheck_seconds=min(10.0, settings.dispatch_settle_seconds / 4),
             status_edit_seconds=settings.status_edit_seconds,
             dispatch_lease_seconds=settings.job_timeout,
+            planning_deadline_seconds=startup_checks.planning_deadline(settings),
+            stuck_seconds=settings.stuck_seconds,
+            reconcile_seconds=settings.reconcile_seconds,
         ),
     )
     bolt = _bolt(settings, slack, sophie)
+    await log_persistence(client)
     return Runtime(settings, client, pool, store, keyring, sophie, slack, bolt, embedded)
 
 
@@ -187,9 +201,11 @@ def _bolt(settings: Settings, slack: AsyncWebClient, sophie: Sophie) -> AsyncApp
         # Listeners only ack and enqueue, so answering after them costs nothing and
         # avoids Bolt's 10 ms ack polling loop.
         process_before_response=True,
-        # Socket Mode without a signing secret has no HTTP requests to verify.
+        # Without a secret there is no HTTP route (web_app mounts /slack/events only with
+        # one), so Bolt sees only Socket Mode requests, which carry no signature.
         request_verification_enabled=settings.slack_signing_secret is not None,
     )
+    bolt.error(slack_route.listener_error)
     events.register(bolt, sophie)
     commands.register(bolt, sophie)
     actions.register(bolt, sophie)
@@ -220,23 +236,19 @@ def web_app(rt: Runtime) -> web.Application:
     app = web.Application(middlewares=[timing], client_max_size=1024 * 1024)
 
     async def slack_events(request: web.Request) -> web.StreamResponse:
-        if rt.bolt is None:
-            return web.json_response({"error": "Slack is not configured"}, status=503)
-        bolt_req = await to_bolt_request(request)
-        return await to_aiohttp_response(await rt.bolt.async_dispatch(bolt_req))
+        # Mounted only with a bot and a signing secret (startup_checks.slack_route_mounted).
+        assert rt.bolt is not None and rt.settings.slack_signing_secret is not None
+        return await slack_route.handle(request, rt.bolt, rt.settings.slack_signing_secret)
 
     async def healthz(_: web.Request) -> web.StreamResponse:
         return web.json_response({"ok": True})
 
     async def readyz(_: web.Request) -> web.StreamResponse:
-        checks: dict[str, bool] = {}
-        try:
-            checks["redis"] = await asyncio.wait_for(rt.store.ping(), 2)
-        except Exception:
-            checks["redis"] = False
-        checks["slack"] = await _slack_reachable(rt)
-        ok = all(checks.values())
-        return web.json_response({"ok": ok, "checks": checks}, status=200 if ok else 503)
+        # Ready: Redis answers and a worker is alive. Slack is reported, never required:
+        # keys, bundles and webhooks are served without it.
+        ready, body = await readiness(rt.redis, rt.supervisor)
+        body["slack"] = await _slack_reachable(rt)
+        return web.json_response(body, status=200 if ready else 503)
 
     async def metrics(_: web.Request) -> web.StreamResponse:
         return web.Response(
@@ -253,17 +265,21 @@ def web_app(rt: Runtime) -> web.Application:
     async def plan_bundle(request: web.Request) -> web.StreamResponse:
         plan_id = request.match_info["plan_id"]
         token = request.query.get("token", "")
-        if not hmac.compare_digest(token, bundle_token(rt.keyring, plan_id)):
-            return web.json_response({"error": "bad or missing token"}, status=401)
+        if not bundle_token_ok(rt.keyring, plan_id, token):
+            return web.json_response({"error": "bad, expired or missing token"}, status=401)
         record = await rt.store.load(plan_id)
         if record is None:
             return web.json_response({"error": "no such plan"}, status=404)
         envelopes = [d.envelope for d in record.approvals]
         return web.Response(
-            text=integrator.bundle(record.plan, envelopes), content_type="application/json"
+            # The constitution travels too: the workflow verifies without calling back.
+            text=integrator.bundle(record.plan, envelopes, rt.sophie.constitution()),
+            content_type="application/json",
         )
 
-    app.router.add_post("/slack/events", slack_events)
+    # Fail closed: no signing secret (or Socket Mode, or no Slack at all) means no Slack route.
+    if rt.bolt is not None and startup_checks.slack_route_mounted(rt.settings):
+        app.router.add_post("/slack/events", slack_events)
     app.router.add_post(
         "/github/webhook", github_webhook.handler(rt.sophie, rt.settings.github_webhook_secret)
     )
@@ -276,16 +292,34 @@ def web_app(rt: Runtime) -> web.Application:
     return app
 
 
-async def _slack_reachable(rt: Runtime) -> bool:
+SLACK_CHECK_SECONDS = 30
+_slack_checks: set[asyncio.Task[bool]] = set()
+
+
+async def _slack_reachable(rt: Runtime) -> bool | None:
+    """Slack's ``auth.test``, cached for 30 s; None when Slack is not configured.
+
+    Reported by /readyz, never part of readiness, and never allowed to make the probe
+    slow: a check that takes longer than half a second finishes in the background.
+    """
     if rt.bolt is None:
-        return False
+        return None
     checked_at, ok = rt._slack_ready
-    if time.monotonic() - checked_at < 30:
+    if time.monotonic() - checked_at < SLACK_CHECK_SECONDS:
         return ok
-    try:
-        resp = await asyncio.wait_for(rt.slack.auth_test(), 3)
-        ok = bool(resp.get("ok"))
-    except Exception:
-        ok = False
-    rt._slack_ready = (time.monotonic(), ok)
-    return ok
+    rt._slack_ready = (time.monotonic(), ok)  # one check at a time
+
+    async def check() -> bool:
+        try:
+            resp = await asyncio.wait_for(rt.slack.auth_test(), 3)
+            fresh = bool(resp.get("ok"))
+        except Exception:
+            fresh = False
+        rt._slack_ready = (time.monotonic(), fresh)
+        return fresh
+
+    task = asyncio.create_task(check())
+    _slack_checks.add(task)
+    task.add_done_callback(_slack_checks.discard)
+    done, _ = await asyncio.wait({task}, timeout=0.5)
+    return task.result() if done else ok

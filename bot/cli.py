@@ -12,11 +12,19 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from bot import logs
+from bot import logs, startup_checks
 from bot.settings import Settings
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from bot.audit_log import AuditLog
+    from bot.signer import KeyRing
+    from roles.audit_chain import Report
 
 log = logging.getLogger("sophie")
 
@@ -27,9 +35,21 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the Slack app (HTTP, or Socket Mode)")
     serve.add_argument("--socket", action="store_true", help="use Socket Mode (SLACK_APP_TOKEN)")
     serve.add_argument("--no-worker", action="store_true", help="do not run jobs in-process")
-    serve.add_argument("--host", default="0.0.0.0")
+    serve.add_argument(
+        "--host", default=None, help="address to bind (default $HOST or 127.0.0.1, loopback)"
+    )
     serve.add_argument("--port", type=int, default=None, help="default $PORT or 3000")
-    sub.add_parser("worker", help="run background jobs only")
+    worker = sub.add_parser("worker", help="run background jobs only")
+    worker.add_argument(
+        "--port",
+        type=int,
+        default=None,
+        help="serve /healthz, /readyz and /metrics on this port (default $SOPHIE_WORKER_PORT; "
+        "unset: no HTTP)",
+    )
+    worker.add_argument(
+        "--host", default=None, help="address to bind (default $HOST or 127.0.0.1, loopback)"
+    )
     plan = sub.add_parser("plan", help="plan a directive in the terminal (nothing runs)")
     plan.add_argument("directive")
     plan.add_argument("--json", action="store_true", help="print JSON instead of YAML")
@@ -60,8 +80,66 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="/.well-known/sophie/keys JSON file or a base64 public key (default: local key)",
     )
-    audit = sub.add_parser("audit", help="audit log tools")
-    audit.add_argument("action", choices=["verify"])
+    verify.add_argument(
+        "--change",
+        default=None,
+        help="also check this signed change statement (file or base64): Δ checked the diff "
+        "that produced --commit for this plan",
+    )
+    verify.add_argument(
+        "--commit", default=None, help="with --change: the full sha about to be deployed"
+    )
+    audit = sub.add_parser(
+        "audit",
+        help="audit log: verify (online, or an export offline), checkpoint, export",
+    )
+    audit.add_argument("action", choices=["verify", "checkpoint", "export"])
+    audit.add_argument(
+        "--file",
+        type=Path,
+        default=None,
+        help="verify: check this export offline with public keys only (no Redis, no key)",
+    )
+    audit.add_argument(
+        "--keys",
+        default=None,
+        help="verify --file: /.well-known/sophie/keys JSON file or a base64 public key "
+        "(default: the local key if there is one, else the keys inside the export)",
+    )
+    audit.add_argument("--out", type=Path, default=None, help="export: file to write")
+    audit.add_argument(
+        "--no-checkpoint",
+        action="store_true",
+        help="export: do not sign a checkpoint over the log first",
+    )
+    implement = sub.add_parser(
+        "implement",
+        help="implement a plan's change steps in this checkout (the pipeline's implement job): "
+        "a bounded model loop, then a commit on sophie/<plan-id>; never pushes",
+    )
+    implement.add_argument("--plan", required=True, help="plan file (YAML/JSON) or base64 text")
+    implement.add_argument(
+        "--constitution",
+        default=None,
+        help="constitution YAML, its bundle JSON (file, base64 or data: URL) "
+        "(default $SOPHIE_CONSTITUTION)",
+    )
+    implement.add_argument("--expect-digest", default=None, help="fail unless the plan has it")
+    implement.add_argument("--repo-dir", default=".", help="the checkout (default: here)")
+    implement.add_argument("--out", type=Path, default=None, help="write the result JSON here")
+    implement.add_argument("--patch", type=Path, default=None, help="write the diff here")
+    implement.add_argument("--model", default=None, help="default: first of SOPHIE_LLM_MODELS")
+    implement.add_argument("--max-steps", type=int, default=30, help="model turns (30)")
+    implement.add_argument("--max-tokens", type=int, default=200_000, help="in all (200000)")
+    implement.add_argument("--max-seconds", type=float, default=900, help="wall time (900)")
+    implement.add_argument("--test-timeout", type=float, default=300, help="per test run (300)")
+    implement.add_argument("--model-timeout", type=float, default=120, help="per call (120)")
+    implement.add_argument(
+        "--pass-env",
+        action="append",
+        metavar="NAME",
+        help="let the tests see this variable too (credential-like names are never passed)",
+    )
     sub.add_parser("doctor", help="check configuration and reachability")
     return p
 
@@ -78,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
                 )
             )
         if args.command == "worker":
-            return asyncio.run(_worker(settings))
+            return asyncio.run(_worker(settings, args.host, args.port or settings.worker_port))
         if args.command == "plan":
             return asyncio.run(_plan(settings, args.directive, args.json))
         if args.command == "keygen":
@@ -88,7 +166,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "verify":
             return _verify(settings, args)
         if args.command == "audit":
-            return asyncio.run(_audit_verify(settings))
+            return _audit(settings, args)
+        if args.command == "implement":
+            return _implement(settings, args)
         if args.command == "doctor":
             from bot.doctor import run_doctor
 
@@ -128,9 +208,23 @@ def _describe_mode(settings: Settings) -> None:
         )
 
 
-async def _serve(settings: Settings, socket: bool, worker: bool, host: str, port: int) -> int:
+def _refused(settings: Settings, process: startup_checks.Process, socket: bool = False) -> bool:
+    """Log every refused setting (each names what to set); True when the process must not start."""
+    problems = startup_checks.refusals(settings, process, socket=socket)
+    for problem in problems:
+        log.error("refusing to start: %s", problem.message)
+    return bool(problems)
+
+
+async def _serve(
+    settings: Settings, socket: bool, worker: bool, host: str | None, port: int
+) -> int:
+    # Checked before anything starts (no embedded Redis, no port): fail closed, exit 2.
+    if _refused(settings, "serve", socket):
+        return 2
     from bot.app import build_runtime, connect_socket_mode, web_app
 
+    host = host or settings.host
     rt = await build_runtime(settings)
     _describe_mode(settings)
     if worker:
@@ -138,15 +232,14 @@ async def _serve(settings: Settings, socket: bool, worker: bool, host: str, port
     runner = web.AppRunner(web_app(rt), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, host, port).start()
-    log.info("listening on http://%s:%d (POST /slack/events)", host, port)
+    for finding in startup_checks.describe(settings, host, port, socket):
+        log.info("%s: %s", finding.name, finding.detail)
+    log.info("listening on http://%s:%d", host, port)
     handler = None
-    if (socket or settings.slack_app_token) and rt.bolt is not None:
-        if settings.slack_app_token is None:
-            log.error("--socket needs SLACK_APP_TOKEN (an xapp- token with connections:write)")
-            return 2
-        handler = await connect_socket_mode(rt)
-        log.info("connected to Slack over Socket Mode")
     try:
+        if startup_checks.slack_mode(settings, socket) == "socket":
+            handler = await connect_socket_mode(rt)
+            log.info("connected to Slack over Socket Mode")
         await _wait_for_signal()
     finally:
         log.info("shutting down")
@@ -157,16 +250,30 @@ async def _serve(settings: Settings, socket: bool, worker: bool, host: str, port
     return 0
 
 
-async def _worker(settings: Settings) -> int:
+async def _worker(settings: Settings, host: str | None, port: int | None) -> int:
+    if _refused(settings, "worker"):  # startup_checks: the same rules as serve
+        return 2
     from bot.app import build_runtime
+    from bot.health import worker_web_app
 
     rt = await build_runtime(settings)
     _describe_mode(settings)
     await rt.start_worker()
-    log.info("worker running")
+    assert rt.supervisor is not None
+    runner: web.AppRunner | None = None
+    if port:
+        host = host or settings.host
+        runner = web.AppRunner(worker_web_app(rt.redis, rt.supervisor), access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("worker health on http://%s:%d (/healthz, /readyz, /metrics)", host, port)
+    log.info("worker %s running", rt.supervisor.id)
     try:
         await _wait_for_signal()
     finally:
+        log.info("shutting down")
+        if runner is not None:
+            await runner.cleanup()
         await rt.close()
     return 0
 
@@ -275,9 +382,13 @@ def _pubkey(settings: Settings) -> int:
 
 def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from bot.signer import load_keyring
-    from bot.verify import PublicKeys, load_keys, read_json_or_base64, verify
+    from bot.verify import PublicKeys, load_keys, read_json_or_base64, verify, verify_change
     from roles.constitution import ConstitutionError, from_bundle, load_constitution
     from roles.plan import Plan
+
+    if (args.change is None) != (args.commit is None):
+        print("error: --change and --commit go together", file=sys.stderr)
+        return 2
 
     def text_of(value: str) -> str:
         path = Path(value)
@@ -293,6 +404,9 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
             constitution = from_bundle(json.loads(Path(source).read_text()))
         else:
             constitution = load_constitution(source)
+        change = read_json_or_base64(text_of(args.change)) if args.change else None
+        if change is not None and not isinstance(change, dict):
+            raise ValueError("--change must be one envelope (a JSON object)")
         if args.keys:
             keys = load_keys(args.keys)
         else:
@@ -312,6 +426,8 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         )
         return 1
     reason = verify(envelopes, plan, constitution, PublicKeys(keys))
+    if reason is None and change is not None:
+        reason = verify_change(change, plan, constitution, PublicKeys(keys), args.commit)
     if reason:
         print(f"REJECTED: {reason}", file=sys.stderr)
         return 1
@@ -319,15 +435,59 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
         f"OK: {len(envelopes)} decision(s) authorise plan {plan.id} "
         f"(sha256:{plan.digest}) at level {plan.approval.level.value}"
     )
+    if change is not None:
+        print(f"OK: the change of plan {plan.id} to commit {args.commit} was checked")
     return 0
 
 
-async def _audit_verify(settings: Settings) -> int:
+def _implement(settings: Settings, args: argparse.Namespace) -> int:
+    from bot.implement import run_command
+
+    return run_command(settings, args)
+
+
+def _audit(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action != "verify" and (args.file is not None or args.keys):
+        print("error: --file and --keys go with `sophie audit verify`", file=sys.stderr)
+        return 2
+    if args.action != "export" and (args.out is not None or args.no_checkpoint):
+        print("error: --out and --no-checkpoint go with `sophie audit export`", file=sys.stderr)
+        return 2
+    if args.file is not None:
+        return _audit_verify_file(settings, args.file, args.keys)
+    if args.keys:
+        print("error: --keys goes with --file (online, the bot's own key is used)", file=sys.stderr)
+        return 2
+    if args.action == "checkpoint":
+        return asyncio.run(_audit_checkpoint(settings))
+    if args.action == "export":
+        return asyncio.run(_audit_export(settings, args.out, not args.no_checkpoint))
+    return asyncio.run(_audit_verify(settings))
+
+
+def _local_keyring(settings: Settings) -> KeyRing | None:
+    """The bot's signing key if one is configured or exists (never generated here)."""
+    from bot.signer import load_keyring
+
+    configured = settings.signing_key or settings.signing_key_file
+    if not configured and not (settings.data_dir / "signing.key").exists():
+        return None
+    return load_keyring(settings.signing_key, settings.signing_key_file, settings.data_dir)
+
+
+@contextlib.asynccontextmanager
+async def _open_audit_log(settings: Settings) -> AsyncIterator[AuditLog]:
     import redis.asyncio as aioredis
 
+    from bot.audit_log import AuditLog
     from bot.embedded_redis import EmbeddedRedis
-    from bot.redis_store import RedisStore
 
+    keyring = _local_keyring(settings)
+    if keyring is None:
+        raise ValueError(
+            "no signing key: the audit log's MAC key comes from it. Set SOPHIE_SIGNING_KEY "
+            f"or SOPHIE_SIGNING_KEY_FILE, or run where {settings.data_dir / 'signing.key'} is"
+        )
     embedded = None
     url = settings.redis_url
     if url is None:
@@ -335,13 +495,131 @@ async def _audit_verify(settings: Settings) -> int:
         url = await embedded.start()
     client = aioredis.from_url(url)
     try:
-        count, problem = await RedisStore(client).verify_audit()
+        yield AuditLog(client, keyring, settings.data_dir)
     finally:
         await client.aclose()
         if embedded is not None:
             await embedded.stop()
-    if problem:
-        print(f"audit log BROKEN after {count} entries: {problem}", file=sys.stderr)
+
+
+def _print_audit_report(what: str, report: Report) -> int:
+    if report.problems:
+        print(
+            f"{what} BROKEN: {len(report.problems)} problem(s), {report.count} entries read:",
+            file=sys.stderr,
+        )
+        for problem in report.problems:
+            print(f"  - [{problem.code}] {problem.message}", file=sys.stderr)
         return 1
-    print(f"audit log OK: {count} entries, hash chain intact")
+    print(f"{what} OK: {report.summary()}")
     return 0
+
+
+async def _audit_verify(settings: Settings) -> int:
+    from redis.exceptions import RedisError
+
+    try:
+        async with _open_audit_log(settings) as audit_log:
+            report = await audit_log.verify()
+    except (OSError, ValueError, RedisError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return _print_audit_report("audit log", report)
+
+
+async def _audit_checkpoint(settings: Settings) -> int:
+    from redis.exceptions import RedisError
+
+    from bot.audit_log import AuditBroken
+
+    try:
+        async with _open_audit_log(settings) as audit_log:
+            cp = await audit_log.checkpoint()
+            mirror = audit_log.file
+    except AuditBroken as exc:
+        print(f"audit log BROKEN; no checkpoint signed: {exc}", file=sys.stderr)
+        return 1
+    except (OSError, ValueError, RedisError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    assert cp is not None  # forced: always taken
+    print(
+        f"checkpoint {cp.index} signed (keyid {cp.keyid}): {cp.count} entries, "
+        f"head sha256:{cp.head_hash or '-'}; copied to {mirror}"
+    )
+    return 0
+
+
+async def _audit_export(settings: Settings, out: Path | None, checkpoint_first: bool) -> int:
+    from redis.exceptions import RedisError
+
+    from bot.audit_log import AuditBroken
+
+    broken = ""
+    try:
+        async with _open_audit_log(settings) as audit_log:
+            if checkpoint_first:
+                try:
+                    await audit_log.checkpoint(force=False)
+                except AuditBroken as exc:
+                    broken = str(exc)
+            doc = await audit_log.export()
+    except (OSError, ValueError, RedisError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    text = json.dumps(doc, indent=1) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+    else:
+        await asyncio.to_thread(out.write_text, text)
+        print(
+            f"wrote {out}: {len(doc['entries'])} entries, "
+            f"{len(doc['checkpoints'])} checkpoint(s), {len(doc['keys']['keys'])} public key(s)"
+        )
+    if broken:
+        print(
+            f"warning: the log does not verify, so no checkpoint covers it: {broken}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _audit_verify_file(settings: Settings, path: Path, keys_source: str | None) -> int:
+    import base64
+
+    from bot.verify import PublicKeys, load_keys
+    from roles.attestation import Verifier
+    from roles.audit_chain import verify_export
+
+    verifier: Verifier
+    try:
+        export = json.loads(path.read_text())
+        if keys_source:
+            verifier = PublicKeys(load_keys(keys_source))
+        else:
+            ring = _local_keyring(settings)
+            if ring is not None:
+                verifier = ring
+            else:
+                print(
+                    "warning: no --keys and no local key: trusting the public keys inside the "
+                    "export, which whoever edited it could have replaced; pass --keys with "
+                    "/.well-known/sophie/keys from the bot",
+                    file=sys.stderr,
+                )
+                keys = export["keys"]["keys"]
+                verifier = PublicKeys([base64.b64decode(k["public_key_base64"]) for k in keys])
+        report = verify_export(export, verifier)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        print(f"error: {path}: {exc}", file=sys.stderr)
+        return 2
+    code = _print_audit_report(f"audit export {path}", report)
+    newest = max((c.count for c in report.checkpoints), default=0)
+    if code == 0 and newest < report.count:
+        print(
+            f"note: entries {newest + 1}-{report.count} come after the newest checkpoint; "
+            "offline only the unkeyed hash chain covers them (`sophie audit verify` online "
+            "checks their keyed MACs)"
+        )
+    return code

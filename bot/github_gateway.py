@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from itertools import islice
 from typing import Any, TypeVar
 
 import requests
@@ -26,6 +29,8 @@ from github import (
 from github.WorkflowRun import WorkflowRun
 from urllib3.util.retry import Retry
 
+from roles.change_check import GITHUB_MAX_FILES, Change, ChangedFile
+from roles.integrator import correlation_in
 from roles.plan import Plan
 from roles.ports import CIRateLimited, CIUncertain
 from roles.records import Link, RunInfo
@@ -38,6 +43,9 @@ T = TypeVar("T")
 IMAGE_NOTICE = "sophie-image"
 # Release assets worth linking in the thread (installers and archives).
 _ASSET_SUFFIXES = (".deb", ".rpm", ".dmg", ".pkg", ".msi", ".exe", ".zip", ".tar.gz", ".tgz")
+# How far back the deployment history is read for a rollback (each costs one request).
+HISTORY_DEPLOYMENTS = 30
+_SHA = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 def make_auth(
@@ -149,13 +157,21 @@ class GitHubGateway:
         return await self._call(lambda: self._find_run(plan, correlation_id))
 
     def _find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
+        if not correlation_id:
+            return None
         repo = self.gh.get_repo(plan.target.repo)
         workflow = repo.get_workflow(plan.target.workflow)
-        # The template's run-name carries the correlation id; newest runs come first.
+        # The template's run-name carries the correlation id (the webhook reads it with the
+        # same parser); newest runs come first, and GitHub lists a run a moment after the
+        # dispatch, so None here means "not yet" as often as "never".
         for n, run in enumerate(workflow.get_runs(event="workflow_dispatch")):
-            if correlation_id and correlation_id in (run.display_title or ""):
+            if correlation_in(run.display_title) == correlation_id:
                 return RunInfo(
-                    dry_run=False, status=_status(run.status), run_id=run.id, html_url=run.html_url
+                    dry_run=False,
+                    status=_status(run.status),
+                    run_id=run.id,
+                    html_url=run.html_url,
+                    correlation_id=correlation_id,
                 )
             if n >= 100:
                 break
@@ -170,6 +186,10 @@ class GitHubGateway:
         assert previous.run_id is not None
         repo = self.gh.get_repo(plan.target.repo)
         run = repo.get_workflow_run(previous.run_id)
+        carried = correlation_in(run.display_title)
+        if previous.correlation_id and carried and carried != previous.correlation_id:
+            # A run id taken from a webhook, checked against GitHub's own answer.
+            raise ValueError(f"run {run.id} belongs to {carried}, not {previous.correlation_id}")
         info = RunInfo(
             dry_run=False,
             status=_status(run.status),
@@ -186,7 +206,7 @@ class GitHubGateway:
                 for a in run.get_artifacts()
                 if not a.expired
             ]
-            info.staging_url = self._environment_url(repo, plan, run.head_sha)
+            info.staging_url = self._environment_url(repo, plan, run)
             info.release_assets = self._release_assets(repo, run.head_sha)
             info.images = self._images(repo, run)
         return info
@@ -205,15 +225,39 @@ class GitHubGateway:
                 info.log_url = job.html_url
 
     @staticmethod
-    def _environment_url(repo: Any, plan: Plan, sha: str) -> str | None:
+    def _environment_url(repo: Any, plan: Plan, run: WorkflowRun) -> str | None:
+        """The URL this run's deployment reported for the plan's environment.
+
+        The template publishes one URL per environment (``environment.url``, or the
+        rollback job's status), and GitHub records it on the deployment's ``success``
+        status. A rollback's deployment is of the restored commit, not the run's head;
+        the deployment this run made is the one whose status links to the run.
+        """
+        t = plan.target
+        sha = t.sha if t.action == "rollback" and t.sha else run.head_sha
+        mark = f"/actions/runs/{run.id}"
+        fallback: str | None = None
         try:
-            for deployment in repo.get_deployments(sha=sha, environment=plan.target.environment):
-                for status in deployment.get_statuses():
-                    if status.state == "success" and status.environment_url:
-                        return str(status.environment_url)
+            for n, deployment in enumerate(
+                repo.get_deployments(sha=sha, environment=t.environment)
+            ):
+                if n >= 10:
+                    break
+                statuses = list(islice(deployment.get_statuses(), 30))
+                url = next(
+                    (
+                        s.environment_url
+                        for s in statuses
+                        if s.state == "success" and s.environment_url
+                    ),
+                    None,
+                )
+                if url and any(mark in (s.log_url or s.target_url or "") for s in statuses):
+                    return str(url)
+                fallback = fallback or (str(url) if url else None)
         except GithubException as exc:
             log.warning("could not read deployments for %s: %s", plan.id, exc.status)
-        return None
+        return fallback
 
     @staticmethod
     def _images(repo: Any, run: WorkflowRun) -> list[str]:
@@ -235,12 +279,23 @@ class GitHubGateway:
 
     @staticmethod
     def _release_assets(repo: Any, sha: str) -> list[Link]:
-        """Installers a workflow published as a release of this commit (.deb, .dmg, …)."""
+        """Installers a workflow published as a release of this commit (.deb, .dmg, …).
+
+        A release is of this commit when its tag points at it. ``target_commitish`` is
+        no guide: GitHub reports the branch the tag was cut from ("Unused if the Git tag
+        already exists. Default: the repository's default branch",
+        https://docs.github.com/en/rest/releases/releases#create-a-release); only a
+        release that created its tag at an explicit commit names the sha there.
+        """
         try:
-            for n, release in enumerate(repo.get_releases()):
-                if n >= 10:
-                    break
-                if release.target_commitish not in (sha, sha[:7]):
+            releases = list(islice(repo.get_releases(), 10))
+            if not releases:
+                return []
+            # One request for the newest tags (name → commit) rather than one per release.
+            tagged = {tag.name: tag.commit.sha for tag in islice(repo.get_tags(), 100)}
+            for release in releases:
+                commit = tagged.get(release.tag_name) or release.target_commitish
+                if commit != sha:
                     continue
                 return [
                     Link(name=a.name, url=a.browser_download_url)
@@ -251,31 +306,142 @@ class GitHubGateway:
             log.warning("could not read releases: %s", getattr(exc, "status", exc))
         return []
 
+    # -- the produced change (Δ) -----------------------------------------------
+
+    async def compare(self, repo: str, base: str, head: str) -> Change:
+        """What ``head`` (a full commit sha) changed relative to ``base``, for Δ to check.
+
+        GitHub's "Compare two commits" lists the files "only ... on the first page of
+        results, and it includes up to 300 changed files for the entire comparison"; later
+        pages page through commits, never more files
+        (https://docs.github.com/en/rest/commits/commits#compare-two-commits). So one page
+        of one commit is read, and a list that reaches 300 files is marked ``truncated``.
+        A file GitHub sends no ``patch`` for ("Diffs with binary data will have no patch
+        property"; "No single file's diff may exceed 20,000 lines ... or 500 KB of raw diff
+        data",
+        https://docs.github.com/en/repositories/creating-and-managing-repositories/repository-limits)
+        keeps ``patch=None``. Δ refuses both: what it cannot read is too large to check.
+        An unknown sha raises GitHub's 404 (UnknownObjectException).
+        """
+        if not _SHA.fullmatch(head):
+            raise ValueError(f"compare needs the full sha of the commit to check, not {head!r}")
+        return await self._call(lambda: self._compare(repo, base, head))
+
+    def _compare(self, repo_name: str, base: str, head: str) -> Change:
+        repo = self.gh.get_repo(repo_name)
+        comparison = repo.compare(base, head, comparison_commits_per_page=1)
+        files = tuple(
+            ChangedFile(
+                path=f.filename,
+                status=f.status,
+                additions=f.additions,
+                deletions=f.deletions,
+                patch=f.patch,
+                previous_path=f.previous_filename,
+                blob_sha=f.sha,
+            )
+            for f in comparison.files or []
+        )
+        return Change(
+            repo=repo_name,
+            base_sha=comparison.base_commit.sha,
+            head_sha=head,
+            files=files,
+            status=comparison.status,
+            truncated=len(files) >= GITHUB_MAX_FILES,
+        )
+
+    async def commit_on_default_branch(self, repo: str, sha: str, default_ref: str) -> bool:
+        """Whether ``sha`` is on ``default_ref`` (merged, after the pull request's review).
+
+        Compare ``default_ref...sha``: "behind" (the branch has moved on past it) or
+        "identical" (it is the branch's head) means the branch contains it; "ahead" or
+        "diverged" means it does not. An unknown sha is not on the branch.
+        """
+        if not _SHA.fullmatch(sha):
+            return False
+        return await self._call(lambda: self._on_branch(repo, sha, default_ref))
+
+    def _on_branch(self, repo_name: str, sha: str, default_ref: str) -> bool:
+        repo = self.gh.get_repo(repo_name)
+        try:
+            status = repo.compare(default_ref, sha, comparison_commits_per_page=1).status
+        except UnknownObjectException:
+            return False
+        return status in ("behind", "identical")
+
     # -- deployment history (rollback) -----------------------------------------
 
     async def rollback_target(
         self, repo: str, environment: str, current_sha: str | None
     ) -> tuple[str, str] | None:
-        """(sha, ref) of the last known good deployment: the newest successful one older
-        than the current (the newest, unless ``current_sha`` names it)."""
+        """(sha, ref) of the last known good deployment before ``current_sha`` (before
+        what runs now, when None): see :func:`rollback_choice` for the rule."""
         return await self._call(lambda: self._rollback_target(repo, environment, current_sha))
 
     def _rollback_target(
         self, repo_name: str, environment: str, current_sha: str | None
     ) -> tuple[str, str] | None:
         repo = self.gh.get_repo(repo_name)
-        current = current_sha
+        history: list[Deployed] = []
         for n, deployment in enumerate(repo.get_deployments(environment=environment)):
-            if n >= 50:
+            if n >= HISTORY_DEPLOYMENTS:
                 break
-            if current is None:
-                current = deployment.sha  # newest first: this is what runs now
-            if deployment.sha == current:
-                continue
-            latest = next(iter(deployment.get_statuses()), None)  # newest first
-            if latest is not None and latest.state == "success":
-                return deployment.sha, deployment.ref
+            # All statuses, not the newest: auto-inactive marks a good deployment
+            # "inactive" as soon as a newer one succeeds, but it did succeed.
+            went_live = any(s.state == "success" for s in deployment.get_statuses())
+            history.append(Deployed(deployment.sha, deployment.ref, went_live))
+        history.reverse()  # GitHub lists newest first; the rule reads oldest first
+        return rollback_choice(history, current_sha)
+
+
+@dataclass(frozen=True)
+class Deployed:
+    """One deployment of an environment, as GitHub's history records it."""
+
+    sha: str
+    ref: str
+    went_live: bool  # its statuses include "success"
+
+
+def live_stack(history: Iterable[Deployed]) -> list[tuple[str, str]]:
+    """What has been live in the environment, as a stack of (sha, branch), oldest first.
+
+    Read oldest to newest: a deployment that never reached ``success`` never ran and is
+    ignored; one of a new commit is pushed; one of a commit already on the stack is a
+    return to it (a rollback, whoever made it), so every commit above it is popped —
+    those were rolled back from and are known bad. The branch is the one the commit was
+    first deployed from: a rollback deployment names the sha itself as its ref.
+    """
+    stack: list[tuple[str, str]] = []
+    for d in history:
+        if not d.went_live or not d.sha:
+            continue
+        shas = [sha for sha, _ in stack]
+        if d.sha in shas:
+            del stack[len(shas) - shas[::-1].index(d.sha) :]
+        else:
+            stack.append((d.sha, "" if _SHA.fullmatch(d.ref) else d.ref))
+    return stack
+
+
+def rollback_choice(history: Iterable[Deployed], current_sha: str | None) -> tuple[str, str] | None:
+    """The rollback rule: the newest earlier live deployment that was not rolled back from.
+
+    ``current_sha`` is what is being rolled back (the run that failed or misbehaves);
+    None means "what runs now" (the top of the stack). If it is on the stack, the answer
+    is the entry just below it; if it never went live (its deploy failed), the answer is
+    the top itself, redeployed. Commits that a later rollback moved away from are off
+    the stack, so a second rollback goes one further back, never to a known-bad commit.
+    The ref is "" when only the sha is known (the default branch is dispatched).
+    """
+    stack = live_stack(history)
+    if not stack:
         return None
+    current = current_sha if current_sha is not None else stack[-1][0]
+    shas = [sha for sha, _ in stack]
+    below = stack[: len(shas) - 1 - shas[::-1].index(current)] if current in shas else stack
+    return below[-1] if below else None
 
 
 def _status(value: str) -> Any:

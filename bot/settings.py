@@ -43,21 +43,40 @@ class Settings:
     llm_api_key: str | None = None
     llm_base_url: str = DEFAULT_LLM_BASE_URL
     llm_models: tuple[str, ...] = (DEFAULT_MODEL,)
-    llm_timeout_seconds: float = 30.0
+    llm_timeout_seconds: float = 25.0
     redis_url: str | None = None
     signing_key: str | None = None
     signing_key_file: Path | None = None
     constitution_path: Path = Path("constitution.yml")
     data_dir: Path = field(default_factory=lambda: Path(platformdirs.user_data_dir("sophie")))
     port: int = 3000
+    # Where `sophie serve` listens (HOST or --host). Loopback by default: put a TLS proxy in
+    # front, or set HOST=0.0.0.0 (all interfaces) deliberately when the proxy is elsewhere.
+    host: str = "127.0.0.1"
     public_url: str | None = None
     poll_seconds: float = 10.0
     # How often an idle worker looks for jobs: the floor of directive-to-card latency.
     worker_poll_delay: float = 0.02
-    # A job's lease: if its worker dies, another runs it this long (+10 s) after it began.
+    # The longest a job may run before it is cancelled (and tried again).
     job_timeout: float = 120.0
     dispatch_settle_seconds: float = 45.0
     status_edit_seconds: float = 1.5
+    # `sophie worker` serves /healthz, /readyz and /metrics on this port (unset: none).
+    worker_port: int | None = None
+    # How often a worker publishes its heartbeat and renews its running jobs' leases.
+    worker_heartbeat_seconds: float = 2.0
+    # A running job's lease: a job whose worker died runs again within about this long.
+    job_lease_seconds: float = 10.0
+    # Retries of a model call (on timeouts, 429 and 5xx; backoff honours Retry-After).
+    llm_retries: int = 1
+    # How many models are asked at once (0: all); with the timeout, retries and the one
+    # repair it sets the planning deadline (bot.deadlines.planning_deadline), checked at start.
+    llm_parallel: int = 0
+    # How often the reconciler sweeps for plans left behind (a cron job on every worker).
+    reconcile_seconds: int = 5
+    # How long a plan may sit pending without a card or approved without a dispatch before
+    # the reconciler moves it on (dispatching and running plans get longer, derived).
+    stuck_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -85,19 +104,27 @@ class Settings:
             or _env("OPENAI_API_KEY", env),
             llm_base_url=_env("SOPHIE_LLM_BASE_URL", env) or DEFAULT_LLM_BASE_URL,
             llm_models=models or (DEFAULT_MODEL,),
-            llm_timeout_seconds=float(_env("SOPHIE_LLM_TIMEOUT", env) or 30),
+            llm_timeout_seconds=float(_env("SOPHIE_LLM_TIMEOUT", env) or 25),
             redis_url=_env("REDIS_URL", env),
             signing_key=_env("SOPHIE_SIGNING_KEY", env),
             signing_key_file=Path(key_file) if key_file else None,
             constitution_path=Path(_env("SOPHIE_CONSTITUTION", env) or "constitution.yml"),
             data_dir=Path(data_dir) if data_dir else Path(platformdirs.user_data_dir("sophie")),
             port=int(_env("PORT", env) or 3000),
+            host=_env("HOST", env) or "127.0.0.1",
             public_url=_env("SOPHIE_PUBLIC_URL", env),
             poll_seconds=float(_env("SOPHIE_POLL_SECONDS", env) or 10),
             worker_poll_delay=float(_env("SOPHIE_WORKER_POLL_SECONDS", env) or 0.02),
             job_timeout=float(_env("SOPHIE_JOB_TIMEOUT", env) or 120),
             dispatch_settle_seconds=float(_env("SOPHIE_DISPATCH_SETTLE_SECONDS", env) or 45),
             status_edit_seconds=float(_env("SOPHIE_STATUS_EDIT_SECONDS", env) or 1.5),
+            worker_port=int(_env("SOPHIE_WORKER_PORT", env) or 0) or None,
+            worker_heartbeat_seconds=float(_env("SOPHIE_WORKER_HEARTBEAT_SECONDS", env) or 2),
+            job_lease_seconds=float(_env("SOPHIE_JOB_LEASE_SECONDS", env) or 10),
+            llm_retries=int(_env("SOPHIE_LLM_RETRIES", env) or 1),
+            llm_parallel=int(_env("SOPHIE_LLM_PARALLEL", env) or 0),
+            reconcile_seconds=int(_env("SOPHIE_RECONCILE_SECONDS", env) or 5),
+            stuck_seconds=float(_env("SOPHIE_STUCK_SECONDS", env) or 30),
         )
 
     @property

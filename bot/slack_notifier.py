@@ -5,6 +5,15 @@ from __future__ import annotations
 import logging
 
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.request import HttpRequest
+from slack_sdk.http_retry.response import HttpResponse
+from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers import blocks
@@ -13,6 +22,63 @@ from roles.ports import CardContext
 from roles.records import PlanRecord, Thread
 
 log = logging.getLogger("sophie.slack")
+
+CARD_EVENT = "sophie_plan_card"  # the message metadata event type of a plan card
+
+# Retries of one Slack call, inside the job (bounded: past them the job itself is retried).
+RATE_LIMIT_RETRIES = 3
+SERVER_ERROR_RETRIES = 2
+CONNECTION_RETRIES = 2
+# A Retry-After longer than this is not slept inside a job: the call fails, and the job is
+# retried later (bot/jobs.py), so a worker slot is not held for minutes.
+MAX_RETRY_AFTER_SECONDS = 20
+
+
+class BoundedRateLimitRetryHandler(AsyncRateLimitErrorRetryHandler):
+    """429: wait the Retry-After Slack asks for (slack_sdk's handler), when it is short."""
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        if response is None or response.status_code != 429:
+            return False
+        for name, value in response.headers.items():
+            if name.lower() == "retry-after":
+                first = value[0] if isinstance(value, list) else value
+                try:
+                    return int(first) <= MAX_RETRY_AFTER_SECONDS
+                except ValueError:
+                    return True
+        return True
+
+
+class ServerErrorRetryHandler(AsyncServerErrorRetryHandler):
+    """5xx: Slack documents 500 and 503; gateways in between answer 502 and 504 too."""
+
+    async def _can_retry_async(
+        self,
+        *,
+        state: RetryState,
+        request: HttpRequest,
+        response: HttpResponse | None = None,
+        error: Exception | None = None,
+    ) -> bool:
+        return response is not None and response.status_code in (500, 502, 503, 504)
+
+
+def retry_handlers() -> list[AsyncRetryHandler]:
+    """For every Slack Web API call: 429 honouring Retry-After, 5xx and connection errors
+    with backoff and jitter (slack_sdk's handlers), each a bounded number of times."""
+    return [
+        BoundedRateLimitRetryHandler(max_retry_count=RATE_LIMIT_RETRIES),
+        ServerErrorRetryHandler(max_retry_count=SERVER_ERROR_RETRIES),
+        AsyncConnectionErrorRetryHandler(max_retry_count=CONNECTION_RETRIES),
+    ]
 
 
 class SlackNotifier:
@@ -33,11 +99,32 @@ class SlackNotifier:
             channel=record.thread.channel,
             thread_ts=record.thread.thread_ts,
             text=blocks.card_fallback(record),
-            blocks=blocks.card(record, context.changes, context.window_ends),
+            blocks=blocks.card(record, context.changes, context.window_ends, context.waiting),
             unfurl_links=False,
             unfurl_media=False,
+            # Message metadata names the plan, so a card whose reply was lost is found
+            # (https://docs.slack.dev/messaging/message-metadata).
+            metadata={"event_type": CARD_EVENT, "event_payload": {"plan_id": record.plan.id}},
         )
         return str(resp["ts"])
+
+    async def find_card(self, record: PlanRecord) -> str | None:
+        thread = record.thread
+        if not thread.thread_ts:
+            return None
+        try:
+            resp = await self.client.conversations_replies(
+                channel=thread.channel, ts=thread.thread_ts, include_all_metadata=True, limit=200
+            )
+        except SlackApiError as exc:
+            log.warning("could not read thread %s: %s", thread.thread_ts, exc.response.get("error"))
+            return None
+        for message in resp.get("messages") or []:
+            meta = message.get("metadata") or {}
+            payload = meta.get("event_payload") or {}
+            if meta.get("event_type") == CARD_EVENT and payload.get("plan_id") == record.plan.id:
+                return str(message["ts"])
+        return None
 
     async def update_card(self, record: PlanRecord, context: CardContext) -> None:
         assert record.card_ts is not None
@@ -45,7 +132,7 @@ class SlackNotifier:
             channel=record.thread.channel,
             ts=record.card_ts,
             text=blocks.card_fallback(record),
-            blocks=blocks.card(record, context.changes, context.window_ends),
+            blocks=blocks.card(record, context.changes, context.window_ends, context.waiting),
         )
 
     async def post_run_status(self, record: PlanRecord) -> str | None:
@@ -98,3 +185,7 @@ class SlackNotifier:
             thread_ts=thread.thread_ts or None,
             text=escape(text, 3000),
         )
+
+    async def card_gone(self, channel: str, card_ts: str, plan_id: str) -> None:
+        text, body = blocks.plan_gone(plan_id)
+        await self.client.chat_update(channel=channel, ts=card_ts, text=text, blocks=body)

@@ -1,4 +1,5 @@
-"""`sophie verify`: check a plan's signed decisions outside the bot (what a workflow runs)."""
+"""`sophie verify`: check a plan's signed decisions (and, with ``--change``, the signed
+statement that Δ checked the commit) outside the bot: what a workflow runs."""
 
 from __future__ import annotations
 
@@ -14,11 +15,16 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
 from bot.signer import keyid_for
-from roles import anchor
-from roles.attestation import EnvelopeError, open_envelope
+from roles import approvals
+from roles.attestation import (
+    EnvelopeError,
+    change_binding_problem,
+    open_change_envelope,
+    open_envelope,
+)
 from roles.constitution import Constitution
 from roles.plan import Plan
-from roles.records import Actor, DecisionRecord, PlanRecord, PlanStatus, Thread
+from roles.records import Actor, DecisionRecord
 
 
 class PublicKeys:
@@ -85,7 +91,24 @@ def verify(
         )
     if not decisions:
         return "no envelopes"
-    record = PlanRecord(
-        plan=plan, status=PlanStatus.APPROVED, thread=Thread("", ""), decisions=decisions
-    )
-    return anchor.check_quorum(record, constitution, verifier, now)
+    counted = approvals.tally(plan, decisions, constitution, verifier, now)
+    return None if counted.complete else counted.reason
+
+
+def verify_change(
+    envelope: dict[str, Any],
+    plan: Plan,
+    constitution: Constitution,
+    verifier: PublicKeys,
+    commit: str,
+) -> str | None:
+    """None when the signed change statement binds this plan to ``commit``; else why not.
+
+    What the deploy job checks besides the decisions: Δ checked the diff that produced
+    ``commit`` for exactly this plan under this constitution.
+    """
+    try:
+        opened = open_change_envelope(envelope, verifier)
+    except EnvelopeError as exc:
+        return str(exc)
+    return change_binding_problem(opened.statement, plan, constitution.digest_hex, commit) or None

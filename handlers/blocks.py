@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.text import escape, truncate, user
-from roles.anchor import still_needed
+from roles.approvals import still_needed
 from roles.plan import ApprovalLevel, Plan, RiskLevel
 from roles.plan_diff import PlanDiff
-from roles.records import PlanRecord, PlanStatus
+from roles.records import DeployLock, PlanRecord, PlanStatus
 
 Block = dict[str, Any]
 
@@ -50,8 +50,8 @@ def _context(*texts: str) -> Block:
 
 
 def button_value(plan: Plan) -> str:
-    """Binds a click to the exact plan on the card (id and digest prefix)."""
-    return f"{plan.id}|{plan.digest[:16]}"
+    """Binds a click to the exact plan on the card: its id and its full digest."""
+    return f"{plan.id}|{plan.digest}"
 
 
 def parse_button_value(value: str) -> tuple[str, str]:
@@ -95,7 +95,10 @@ def _rules(plan: Plan) -> str:
 
 
 def card(
-    record: PlanRecord, changes: PlanDiff | None = None, window_ends: float | None = None
+    record: PlanRecord,
+    changes: PlanDiff | None = None,
+    window_ends: float | None = None,
+    waiting: str | None = None,
 ) -> list[Block]:
     """The plan card: what will happen, how risky, who must approve, and the buttons.
 
@@ -125,12 +128,13 @@ def card(
             "fields": [
                 _text(f"*Target*\n`{target.repo}`@`{escape(target.ref, 100)}`"),
                 _text(f"*Environment*\n{target.environment}"),
-                _text(f"*Workflow*\n`{target.workflow}`"),
+                _text(f"*Runs*\n{what_runs_text(plan)}"),
                 _text(f"*Confidence*\n{plan.confidence:.0%}"),
                 _text(f"*Approval needed*\n{approval_text(plan)}"),
                 _text(f"*Artifacts*\n{', '.join(plan.artifacts) or 'none'}"),
             ],
         },
+        *_assumption_blocks(plan),
         _section(_steps(plan)),
         _section(_risk(plan)),
         _section(
@@ -149,6 +153,8 @@ def card(
     if plan.revises:
         blocks[1:1] = _revision_blocks(plan, changes)
     blocks += _state_blocks(record, window_ends)
+    if waiting and record.status == PlanStatus.APPROVED:
+        blocks.append(_context(f"⏳ {escape(waiting, 500)}"))
     blocks.append(
         _context(
             f"Planned by the {planner}",
@@ -158,6 +164,24 @@ def card(
     return blocks
 
 
+def what_runs_text(plan: Plan) -> str:
+    """What the workflow is told to do: the kernel's answer, never a model's."""
+    t = plan.target
+    if t.action == "rollback":
+        return f"`{t.workflow}` · rollback to `{t.sha[:12]}`"
+    if t.action == "build":
+        return f"`{t.workflow}` · build artifacts only"
+    return f"`{t.workflow}` · deploy `{escape(t.ref, 100)}`"
+
+
+def _assumption_blocks(plan: Plan) -> list[Block]:
+    assumed = plan.interpretation.assumptions
+    if not assumed:
+        return []
+    lines = "\n".join(f"• {escape(a, 300)}" for a in assumed[:5])
+    return [_section(f":grey_question: *Assumed* (say so if this is wrong)\n{lines}")]
+
+
 def _state_blocks(record: PlanRecord, window_ends: float | None = None) -> list[Block]:
     plan = record.plan
     if record.status != PlanStatus.PENDING:
@@ -165,7 +189,7 @@ def _state_blocks(record: PlanRecord, window_ends: float | None = None) -> list[
     blocks: list[Block] = []
     if plan.approval.quorum > 1 or record.approvals:
         given = ", ".join(user(d.actor.user_id) for d in record.approvals) or "none yet"
-        needed = still_needed(record)
+        needed = still_needed(record.plan, record.decisions)
         line = f"Approvals {len(record.approvals)}/{plan.approval.quorum}: {given}"
         if needed:
             line += " · still needed: " + ", ".join(needed)
@@ -277,7 +301,9 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
     status = "completed" if ok else "failed"
     lines = [
         f"{'✅' if ok else '❌'} *{status}* · plan `{plan.id}`",
-        f"*Staging URL:* {_link(run.staging_url) if run.staging_url else 'none reported'}",
+        # The URL the deployment reported for this plan's environment (one per environment).
+        f"*{escape(plan.target.environment.capitalize(), 40)} URL:* "
+        f"{_link(run.staging_url) if run.staging_url else 'none reported'}",
         f"*Dashboard:* {_link(run.html_url) if run.html_url else 'n/a'}",
     ]
     if run.artifacts:
@@ -315,7 +341,8 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
                         "type": "button",
                         "action_id": ROLLBACK,
                         "text": {"type": "plain_text", "text": label},
-                        "value": plan.id,
+                        # Bound like the card's buttons; the handler also checks the thread.
+                        "value": button_value(plan),
                         **({} if ok else {"style": "danger"}),
                     }
                 ],
@@ -358,27 +385,61 @@ def plan_modal(plan: Plan) -> dict[str, Any]:
     }
 
 
-def home(records: list[PlanRecord]) -> dict[str, Any]:
+HOME_NO_CHANNELS = (
+    "_I could not read which channels you are in, so only plans waiting on you "
+    "and your own requests are shown._"
+)
+
+
+def home(
+    waiting: list[PlanRecord],
+    mine: list[PlanRecord],
+    others: list[PlanRecord],
+    note: str = "",
+    locks: dict[str, DeployLock] | None = None,
+) -> dict[str, Any]:
+    """The App Home tab of one viewer: only what they may see (see handlers/home.py).
+
+    Locks are shown to everyone who opens the tab: a lock names a repo@environment,
+    who locked it and why, never a plan's content."""
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": "SOPHIE"}},
         _section(
             "Mention me or use `/sophie <directive>` in a channel, e.g. "
             "_Add caching to the user authentication system and deploy to staging_."
         ),
-        {"type": "divider"},
     ]
-    if not records:
-        blocks.append(_section("No plans yet."))
-    for record in records[:20]:
-        plan = record.plan
-        blocks.append(
-            _section(
-                f"`{plan.id}` *{record.status.value}* · {plan.target.repo} → "
-                f"{plan.target.environment} · risk {plan.risk.level.value}\n"
-                f"{escape(plan.interpretation.summary, 300)}"
-            )
-        )
+    parts = (
+        ("Waiting on you", waiting),
+        ("Your requests", mine),
+        ("From your channels and decisions", others),
+    )
+    for title, records in parts:
+        blocks.append({"type": "divider"})
+        blocks.append(_section(f"*{title}*"))
+        if not records:
+            blocks.append(_context("Nothing here."))
+        for record in records[:20]:
+            blocks.append(_home_line(record))
+    if locks:
+        blocks.append({"type": "divider"})
+        blocks.append(_section("*Locked environments* (approved deploys there wait)"))
+        for slot, held in sorted(locks.items())[:20]:
+            repo, _, env = slot.rpartition("@")
+            why = f" — {escape(held.reason, 200)}" if held.reason else ""
+            blocks.append(_context(f"🔒 `{repo}` → *{env}* by {user(held.by)}{why}"))
+    if note:
+        blocks.append(_context(note))
     return {"type": "home", "blocks": blocks}
+
+
+def _home_line(record: PlanRecord) -> Block:
+    plan = record.plan
+    return _section(
+        f"`{plan.id}` *{record.status.value}* · {plan.target.repo} → "
+        f"{plan.target.environment} · risk {plan.risk.level.value}\n"
+        f"{escape(plan.interpretation.summary, 300)}"
+    )
 
 
 def _title(plan: Plan) -> str:
@@ -469,3 +530,14 @@ def changes_modal(plan: Plan) -> Block:
         label="What should change?",
         submit="Revise plan",
     )
+
+
+def plan_gone(plan_id: str) -> tuple[str, list[Block]]:
+    """What a card becomes when its plan no longer exists: the fact, no buttons."""
+    text = f"Plan {plan_id} no longer exists: nothing will run. Ask again for a fresh plan."
+    return text, [
+        _section(f":wastebasket: *Plan `{escape(plan_id, 80)}` no longer exists*"),
+        _context(
+            "Its record is gone, so it cannot be approved or run. Ask again for a fresh plan."
+        ),
+    ]

@@ -35,3 +35,11 @@ def user(user_id: str) -> str:
         return "SOPHIE"
     safe = "".join(ch for ch in user_id if ch.isalnum())
     return f"<@{safe}>"
+
+
+def rate_limited(per_user: int, per_channel: int, window_seconds: int) -> str:
+    return (
+        f"That is more directives than the constitution allows right now "
+        f"({per_user} per person and {per_channel} per channel every {window_seconds} s). "
+        "Nothing was planned; try again in a minute."
+    )

@@ -1,4 +1,4 @@
-"""Decisions as DSSE envelopes over in-toto Statement v1.
+"""Decisions and checked changes as DSSE envelopes over in-toto Statement v1.
 
 The crypto itself (Ed25519) is behind the :class:`roles.ports.Signer` port;
 this module fixes the bytes that get signed, so anyone with the public key
@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from roles.canonical import canonical_json
+from roles.change_check import Change
 from roles.plan import Plan
 from roles.records import Actor, Decision
 
@@ -59,9 +60,13 @@ def decision_statement(
             "workflow": plan.target.workflow,
             "environment": plan.target.environment,
             "ref": plan.target.ref,
+            "action": plan.target.action,
+            "sha": plan.target.sha,
+            "artifacts": list(plan.artifacts),
             "approvalLevel": plan.approval.level.value,
             "approver": {
                 "teamId": actor.team_id,
+                "enterpriseId": actor.enterprise_id,
                 "userId": actor.user_id,
                 "name": actor.name,
                 "groups": list(groups),
@@ -103,18 +108,23 @@ class VerifiedDecision:
         return str(self.statement["subject"][0]["digest"]["sha256"])
 
 
-def open_envelope(envelope: dict[str, Any], verifier: Verifier) -> VerifiedDecision:
-    """Verify the envelope's signature and return its statement."""
+def open_statement(
+    envelope: Any, verifier: Verifier, predicate_type: str, what: str, label: str = ""
+) -> VerifiedDecision:
+    """Verify a DSSE envelope's signature and return its in-toto statement, which must
+    carry ``predicate_type`` (``what`` names it in the error; ``label``, when given,
+    names the envelope in the others, as the pipeline's verifier words them)."""
+    noun = label or "envelope"
     try:
         payload_type = envelope["payloadType"]
         payload = base64.b64decode(envelope["payload"], validate=True)
         sigs = envelope["signatures"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise EnvelopeError(f"malformed envelope: {exc}") from exc
+        raise EnvelopeError(f"malformed {noun}: {exc}") from exc
     if payload_type != PAYLOAD_TYPE:
         raise EnvelopeError(f"unexpected payloadType {payload_type!r}")
     if not isinstance(sigs, list) or not sigs:
-        raise EnvelopeError("envelope has no signatures")
+        raise EnvelopeError(f"{noun} has no signatures")
     message = pae(payload_type, payload)
     for sig in sigs:
         try:
@@ -127,9 +137,111 @@ def open_envelope(envelope: dict[str, Any], verifier: Verifier) -> VerifiedDecis
                 statement = json.loads(payload)
             except ValueError as exc:
                 raise EnvelopeError("payload is not JSON") from exc
-            if statement.get("_type") != STATEMENT_TYPE:
+            if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
                 raise EnvelopeError("payload is not an in-toto Statement v1")
-            if statement.get("predicateType") != PREDICATE_TYPE:
-                raise EnvelopeError("payload is not a SOPHIE decision")
+            if statement.get("predicateType") != predicate_type:
+                raise EnvelopeError(f"payload is not {what}")
             return VerifiedDecision(statement=statement, keyid=keyid)
-    raise EnvelopeError("no signature verifies with a known key")
+    on = f" on the {label}" if label else ""
+    raise EnvelopeError(f"no signature{on} verifies with a known key")
+
+
+def open_envelope(envelope: dict[str, Any], verifier: Verifier) -> VerifiedDecision:
+    """Verify a decision envelope's signature and return its statement."""
+    return open_statement(envelope, verifier, PREDICATE_TYPE, "a SOPHIE decision")
+
+
+# -- the change statement: plan digest → the commit Δ checked -----------------------
+
+CHANGE_PREDICATE_TYPE = "https://sophie.dev/attestations/change/v1"
+
+
+def change_statement(
+    plan: Plan, change: Change, constitution_digest: str, at: datetime
+) -> dict[str, Any]:
+    """In-toto Statement v1 that Δ checked ``change`` for ``plan`` and it passed.
+
+    Subjects: the plan (sha256 of its document) and the commit (``gitCommit``, a digest
+    name the in-toto DigestSet spec defines for git objects). The predicate binds plan
+    id and digest to repo, base and commit shas, the diff stat, the digest of the
+    change as checked (what a second card approves) and the constitution's digest.
+    """
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": [
+            {"name": f"sophie-plan:{plan.id}", "digest": {"sha256": plan.digest}},
+            {"name": f"git:{change.repo}", "digest": {"gitCommit": change.head_sha}},
+        ],
+        "predicateType": CHANGE_PREDICATE_TYPE,
+        "predicate": {
+            "planId": plan.id,
+            "planDigest": plan.digest,
+            "repo": change.repo,
+            "baseSha": change.base_sha,
+            "commitSha": change.head_sha,
+            "diffStat": change.stat(),
+            "files": [
+                {
+                    "path": f.path,
+                    "status": f.status,
+                    "additions": f.additions,
+                    "deletions": f.deletions,
+                }
+                for f in change.files
+            ],
+            "changeDigest": change.digest(),
+            "constitutionDigest": constitution_digest,
+            "checkedAt": at.isoformat(),
+        },
+    }
+
+
+@dataclass(frozen=True)
+class VerifiedChange:
+    statement: dict[str, Any]
+    keyid: str
+
+    @property
+    def predicate(self) -> dict[str, Any]:
+        return dict(self.statement["predicate"])
+
+
+def open_change_envelope(envelope: Any, verifier: Verifier) -> VerifiedChange:
+    """Verify a change statement's signature and return it (raises EnvelopeError)."""
+    verified = open_statement(
+        envelope, verifier, CHANGE_PREDICATE_TYPE, "a SOPHIE change statement", "change statement"
+    )
+    if not isinstance(verified.statement.get("predicate"), dict):
+        raise EnvelopeError("change statement has no predicate")
+    return VerifiedChange(statement=verified.statement, keyid=verified.keyid)
+
+
+def change_binding_problem(
+    statement: dict[str, Any], plan: Plan, constitution_digest: str, commit: str
+) -> str:
+    """ "" when a verified change statement binds this plan to ``commit``; else why not."""
+    pred = statement["predicate"]
+    subjects = statement.get("subject")
+    if not isinstance(subjects, list):
+        return "the change statement names no subject"
+    digests = {
+        str(s["digest"].get("sha256"))
+        for s in subjects
+        if isinstance(s, dict) and isinstance(s.get("digest"), dict)
+    }
+    if pred.get("planId") != plan.id:
+        return "the change was checked for another plan"
+    if plan.digest not in digests or pred.get("planDigest") != plan.digest:
+        return "the plan changed after its change was checked"
+    if pred.get("repo") != plan.target.repo:
+        return "the change was checked in another repository"
+    if pred.get("constitutionDigest") != constitution_digest:
+        return "the change was checked under another constitution"
+    commits = {
+        str(s["digest"].get("gitCommit"))
+        for s in subjects
+        if isinstance(s, dict) and isinstance(s.get("digest"), dict)
+    }
+    if not commit or pred.get("commitSha") != commit or commit not in commits:
+        return f"the change statement is for commit {str(pred.get('commitSha'))[:12]}, not this one"
+    return ""

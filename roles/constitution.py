@@ -8,6 +8,7 @@ so a change to the rules voids approvals given under the old ones.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -47,17 +48,83 @@ class EnvironmentRule(_Closed):
     protected: bool = False
     aliases: list[str] = Field(default_factory=list)
     # Rollbacks restore a known good state: teams often let them through faster.
+    # Only the Rollback button and /sophie rollback ask for one, never wording.
     rollback_approval: ApprovalLevel | None = None
+    # Who may start a rollback here (default: the constitution's approvers).
+    rollback_by: Approvers | None = None
+    # What a generated change needs before it deploys here: "checked" (Δ checked the
+    # diff; the default outside protected environments) or "reviewed" (the sha is on the
+    # default branch, merged after review, or its diff was approved on a second card).
+    generated_change: Literal["checked", "reviewed"] | None = None
+
+    def change_requirement(self) -> Literal["checked", "reviewed"]:
+        if self.generated_change is not None:
+            return self.generated_change
+        return "reviewed" if self.protected else "checked"
+
+
+class Implementer(_Closed):
+    """Who writes the code for a plan's change steps, in the pipeline's implement job."""
+
+    kind: Literal["sophie", "command", "action"] = "sophie"
+    # kind "command": run with the plan file's path as $SOPHIE_PLAN_FILE;
+    # kind "action": the `uses:` of an Action given the plan file as its task.
+    run: str | None = None
+
+
+class ChangeLimits(_Closed):
+    """Δ refuses a produced change larger than this (files, added + deleted lines)."""
+
+    max_files: int = Field(default=50, ge=1, le=10_000)
+    max_lines: int = Field(default=2000, ge=1, le=1_000_000)
 
 
 class RepoRule(_Closed):
     name: RepoName
     workflow: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}\.ya?ml$")]
     default_ref: str = "main"
+    # Other refs a plan may run from (glob patterns, e.g. "release/*"); the default always may.
+    refs: list[Annotated[str, StringConstraints(min_length=1, max_length=255)]] = Field(
+        default_factory=list
+    )
     environments: list[str]
     aliases: list[str] = Field(default_factory=list)
-    # Artifacts built when a directive does not name any.
+    # Every artifact a plan for this repo may build (anything else is refused).
     artifacts: list[str] = Field(default_factory=lambda: ["docker"])
+    # Those built when a directive names none (default: all of ``artifacts``).
+    default_artifacts: list[str] | None = None
+    # How a change is made (see README, "How a change is made"): the command that runs
+    # the repo's tests, who implements change steps ("sophie" = `sophie implement`, or a
+    # command / an Action given the plan file), the paths no implementer may touch,
+    # and the most a generated change may change before Δ refuses it.
+    test_command: str | None = None
+    implementer: Implementer = Field(default_factory=lambda: Implementer())
+    forbidden_paths: list[str] = Field(
+        default_factory=lambda: [
+            ".github/workflows/**",
+            ".github/sophie/**",
+            "**/.env",
+            "**/.env.*",
+            "**/*.pem",
+            "**/*.key",
+            "**/secrets/**",
+            "**/id_rsa*",
+        ]
+    )
+    change_limits: ChangeLimits = Field(default_factory=lambda: ChangeLimits())
+
+    @model_validator(mode="after")
+    def _defaults_allowed(self) -> RepoRule:
+        extra = set(self.default_artifacts or []) - set(self.artifacts)
+        if extra:
+            raise ValueError(
+                f"repo {self.name}: default_artifacts {sorted(extra)} not in artifacts"
+            )
+        return self
+
+    @property
+    def artifacts_by_default(self) -> list[str]:
+        return list(self.artifacts if self.default_artifacts is None else self.default_artifacts)
 
 
 class ForbiddenPattern(_Closed):
@@ -115,7 +182,71 @@ class RiskRules(_Closed):
 
 class SeparationOfDuties(_Closed):
     no_self_approval: bool = True
-    distinct_approvers: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _removed(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "distinct_approvers" in data:
+            if data["distinct_approvers"] is not True:
+                raise ValueError(
+                    "separation_of_duties.distinct_approvers was removed: each approval in "
+                    "a quorum is always a different person. Delete the line."
+                )
+            data = {k: v for k, v in data.items() if k != "distinct_approvers"}
+        return data
+
+
+class Freeze(_Closed):
+    """A window in which deploys to some environments wait, or need a higher level.
+
+    Either dated (``start``/``end``, ISO 8601 with a zone) or weekly: on each of
+    ``days``, from ``from_time`` to ``to_time`` in ``timezone``; a ``to_time`` earlier
+    than ``from_time`` runs past midnight into the next day (``days: [fri]``,
+    ``"16:00"``–``"08:00"`` is Friday evening to Saturday morning).
+    """
+
+    id: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+    environments: list[str] = Field(min_length=1)
+    reason: str = "deploy freeze"
+    start: datetime | None = None
+    end: datetime | None = None
+    timezone: str = "UTC"
+    days: list[Weekday] = Field(default_factory=list)
+    from_time: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "00:00"
+    to_time: Annotated[str, StringConstraints(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")] = "23:59"
+    # "wait": approved deploys wait in the queue until the window ends;
+    # "raise": plans made inside the window need at least ``level``.
+    effect: Literal["wait", "raise"] = "wait"
+    level: ApprovalLevel = ApprovalLevel.SUPERVISION
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Freeze:
+        dated = self.start is not None or self.end is not None
+        if dated == bool(self.days):
+            raise ValueError(f"freeze {self.id}: give either start and end, or days")
+        if dated and (self.start is None or self.end is None or self.start >= self.end):
+            raise ValueError(f"freeze {self.id}: start must come before end")
+        for moment in (self.start, self.end):
+            if moment is not None and moment.tzinfo is None:
+                raise ValueError(f"freeze {self.id}: start and end need a time zone")
+        BusinessHours._known_zone(self.timezone)
+        return self
+
+
+class Deploys(_Closed):
+    """One deploy per repo@environment at a time; who may lock; when deploys freeze."""
+
+    # Who may /sophie lock and /sophie unlock (default: the approvers).
+    lock_by: Approvers | None = None
+    freezes: list[Freeze] = Field(default_factory=list)
+
+
+class RateLimits(_Closed):
+    """Directives one person or one channel may start per window (abuse and cost bound)."""
+
+    per_user: int = Field(default=6, ge=1, le=10_000)
+    per_channel: int = Field(default=30, ge=1, le=100_000)
+    window_seconds: int = Field(default=60, ge=1, le=86_400)
 
 
 class TrustRules(_Closed):
@@ -146,6 +277,8 @@ class Constitution(_Closed):
     approval_ttl_seconds: int = Field(default=86400, gt=0, le=30 * 86400)
     trust: TrustRules = TrustRules()
     digest: DigestRules = DigestRules()
+    rate_limits: RateLimits = RateLimits()
+    deploys: Deploys = Deploys()
     # Folder of conftest-style Rego policies, relative to the constitution file.
     policies_dir: str | None = None
     _policy_sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -159,6 +292,10 @@ class Constitution(_Closed):
                 raise ValueError(f"repo {repo.name} names unknown environments {sorted(unknown)}")
         if self.default_repo and self.default_repo not in {r.name for r in self.repos}:
             raise ValueError(f"default_repo {self.default_repo} is not in repos")
+        for freeze in self.deploys.freezes:
+            unknown = set(freeze.environments) - set(self.environments)
+            if unknown:
+                raise ValueError(f"freeze {freeze.id} names unknown environments {sorted(unknown)}")
         if self.default_environment not in self.environments:
             raise ValueError(f"default_environment {self.default_environment} is not defined")
         return self

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from roles import policies
+from roles import freezes, policies, what_runs
 from roles.constitution import WEEKDAYS, Constitution
 from roles.draft import PlanDraft
 from roles.navigator import Reading
@@ -41,6 +41,7 @@ _SECRETS = re.compile(r"\b(secret|credential|password|api[ _-]?key|token|private
 class Verdict:
     risk: Risk
     approval: Approval
+    runs: what_runs.Derived
     denials: list[RuleHit] = field(default_factory=list)
     warnings: list[RuleHit] = field(default_factory=list)
 
@@ -117,37 +118,53 @@ def assess_risk(
     return Risk(level=level, score=score, factors=factors, mitigations=draft.risk.mitigations)
 
 
-_ENV_INPUTS = ("environment", "env", "target_environment")
-_REPO_INPUTS = ("repo", "repository")
+def request_for(reading: Reading, rollback_to: tuple[str, str] | None = None) -> what_runs.Request:
+    if reading.intent == Intent.ROLLBACK:
+        sha, ref = rollback_to or ("", "")
+        return what_runs.Request("rollback", True, sha, ref)
+    return what_runs.Request("directive", reading.deploys, ref=reading.ref)
 
 
-def draft_problems(draft: PlanDraft, reading: Reading, constitution: Constitution) -> list[str]:
+def derive(
+    draft: PlanDraft,
+    reading: Reading,
+    constitution: Constitution,
+    rollback_to: tuple[str, str] | None = None,
+) -> what_runs.Derived:
+    """What runs for this reading: the kernel's answer (the draft adds only artifacts)."""
+    requested = list(dict.fromkeys([*reading.artifacts, *draft.artifacts]))
+    return what_runs.derive(
+        constitution,
+        reading.repo,
+        reading.environment,
+        requested,
+        request_for(reading, rollback_to),
+    )
+
+
+def draft_problems(
+    draft: PlanDraft,
+    reading: Reading,
+    constitution: Constitution,
+    rollback_to: tuple[str, str] | None = None,
+) -> list[str]:
     """Where a model's draft strays outside what the constitution and Φ fixed.
 
-    These are fed back to the model for one repair; a draft that still has any
-    is not used.
+    These are fed back to the model for one repair; a plan that still has any is
+    refused with the reasons on the card.
     """
-    problems = []
-    allowed = set(constitution.actions)
+    runs = derive(draft, reading, constitution, rollback_to)
+    problems = [
+        h.message
+        for h in what_runs.step_problems(constitution, runs.target, runs.artifacts, draft.steps)
+    ]
+    problems += [
+        h.message
+        for h in runs.refusals
+        if h.id == "artifacts.not-allowed"
+        and not any(h.message.startswith(f"Artifact '{a}'") for a in reading.artifacts)
+    ]
     known_envs = set(constitution.environments)
-    known_repos = {r.name for r in constitution.repos}
-    for n, step in enumerate(draft.steps, start=1):
-        if step.action not in allowed:
-            problems.append(f"step {n} uses action '{step.action.value}', which is not allowed")
-        for item in step.inputs:
-            value = item.value.strip()
-            if item.name in _ENV_INPUTS and value.lower() != reading.environment:
-                where = "unknown" if value.lower() not in known_envs else "a different"
-                problems.append(
-                    f"step {n} targets {where} environment '{value[:40]}'; "
-                    f"the target is '{reading.environment}'"
-                )
-            if item.name in _REPO_INPUTS and value != reading.repo.name:
-                where = "unknown" if value not in known_repos else "a different"
-                problems.append(
-                    f"step {n} names {where} repository '{value[:60]}'; "
-                    f"the target is '{reading.repo.name}'"
-                )
     targeting = (Action.DEPLOY, Action.ROLLBACK, Action.DB_MIGRATION, Action.SMOKE_TEST)
     for n, step in enumerate(draft.steps, start=1):
         if step.action not in targeting:
@@ -196,18 +213,12 @@ def policy_input(
     }
 
 
-def _denials(draft: PlanDraft, reading: Reading, constitution: Constitution) -> list[RuleHit]:
+def _denials(
+    draft: PlanDraft, reading: Reading, constitution: Constitution, runs: what_runs.Derived
+) -> list[RuleHit]:
     hits = [p for p in reading.problems if p.effect == "deny"]
-    allowed = set(constitution.actions)
-    for step in draft.steps:
-        if step.action not in allowed:
-            hits.append(
-                RuleHit(
-                    id="actions.not-allowed",
-                    message=f"Action '{step.action.value}' is not allowed by the constitution",
-                    effect="deny",
-                )
-            )
+    hits += runs.refusals
+    hits += what_runs.step_problems(constitution, runs.target, runs.artifacts, draft.steps)
     texts = [reading.text, draft.summary, *(s.description for s in draft.steps)]
     for rule in constitution.forbidden:
         if any(re.search(rule.pattern, t, re.I) for t in texts):
@@ -221,6 +232,7 @@ def decide_approval(
     constitution: Constitution,
     confidence: float,
     disagreements: list[str],
+    now: datetime | None = None,
 ) -> Approval:
     env_rule = constitution.environment(reading.environment)
     level = env_rule.approval
@@ -251,6 +263,19 @@ def decide_approval(
             level = max_approval(level, target)
             reasons.append(RuleHit(id=rule_id, message=message, effect="raise_approval"))
 
+    for name in reading.lookalike_environments:
+        guessed = constitution.environments.get(name)
+        if guessed is not None:
+            raise_to(
+                guessed.approval,
+                "assumption.lookalike-environment",
+                f"The directive nearly names '{name}', which requires {guessed.approval.value}",
+            )
+    for freeze in freezes.active(constitution, reading.environment, now or datetime.now(UTC)):
+        if freeze.effect == "raise":
+            raise_to(
+                freeze.level, f"deploys.freezes.{freeze.id}", f"Deploy freeze: {freeze.reason}"
+            )
     rules = constitution.risk
     if risk.level.rank >= RiskLevel(rules.raise_to_supervision_at).rank:
         raise_to(ApprovalLevel.SUPERVISION, "risk.supervision", f"Risk is {risk.level.value}")
@@ -291,11 +316,13 @@ def evaluate(
     confidence: float,
     disagreements: list[str] | None = None,
     now: datetime | None = None,
+    rollback_to: tuple[str, str] | None = None,
 ) -> Verdict:
+    runs = derive(draft, reading, constitution, rollback_to)
     risk = assess_risk(draft, reading, constitution, now)
-    approval = decide_approval(reading, risk, constitution, confidence, disagreements or [])
+    approval = decide_approval(reading, risk, constitution, confidence, disagreements or [], now)
     warnings = [p for p in reading.problems if p.effect == "warn"]
-    denials = _denials(draft, reading, constitution)
+    denials = _denials(draft, reading, constitution, runs)
     try:
         verdicts = policies.evaluate(
             constitution.policy_sources, policy_input(draft, reading, risk, approval, constitution)
@@ -308,6 +335,7 @@ def evaluate(
     return Verdict(
         risk=risk,
         approval=approval,
+        runs=runs,
         denials=[*denials, *verdicts.denials],
         warnings=[*warnings, *verdicts.warnings],
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import re
 from datetime import datetime
 from typing import Any
 
@@ -13,7 +14,6 @@ from roles.constitution import Constitution
 from roles.diff_engine import Verdict
 from roles.navigator import Reading
 from roles.plan import (
-    Action,
     ConstitutionRef,
     Interpretation,
     Plan,
@@ -21,7 +21,6 @@ from roles.plan import (
     Requester,
     Rollback,
     Step,
-    Target,
 )
 from roles.ports import Proposal
 from roles.records import Actor
@@ -29,6 +28,23 @@ from roles.records import Actor
 # GitHub's limits for workflow_dispatch inputs.
 MAX_INPUTS = 25
 MAX_INPUT_CHARS = 65_535
+
+# The pipeline template names each run after its dispatch, correlation id last:
+#   run-name: "SOPHIE … ${{ inputs.plan_id }} to … [${{ inputs.correlation_id }}]"
+# GitHub reports it as the run's ``display_title`` (REST and webhooks, github.com and GHES).
+_CORRELATION = re.compile(r"\[([A-Za-z0-9_.:-]{1,100})\]\s*$")
+
+
+def correlation_in(run_name: str | None) -> str:
+    """The correlation id a run's name carries ("" if it carries none)."""
+    found = _CORRELATION.search(run_name or "")
+    return found.group(1) if found else ""
+
+
+def plan_of_correlation(correlation_id: str) -> str:
+    """The plan a correlation id belongs to (they are ``<plan id>.<dispatch attempt>``)."""
+    plan_id, dot, attempt = correlation_id.rpartition(".")
+    return plan_id if dot and attempt.isdigit() else ""
 
 
 def plan_id_for(event_id: str) -> str:
@@ -60,18 +76,21 @@ def assemble(
         created_at=now,
         directive=reading.text or "(empty directive)",
         requester=Requester(
-            team_id=requester.team_id, user_id=requester.user_id, name=requester.name
+            team_id=requester.team_id,
+            user_id=requester.user_id,
+            name=requester.name,
+            enterprise_id=requester.enterprise_id,
         ),
         # Φ's reading of the intent wins over the model's: it is bounded by the constitution.
-        interpretation=Interpretation(intent=reading.intent, summary=draft.summary),
-        target=Target(
-            repo=reading.repo.name,
-            ref=reading.ref,
-            environment=reading.environment,
-            workflow=reading.repo.workflow,
+        interpretation=Interpretation(
+            intent=reading.intent,
+            summary=draft.summary,
+            assumptions=[a[:500] for a in reading.assumptions][:10],
         ),
+        # What runs is the kernel's (roles.what_runs), never the model's.
+        target=verdict.runs.target,
         steps=steps,
-        artifacts=list(dict.fromkeys([*reading.artifacts, *draft.artifacts]))[:10],
+        artifacts=list(verdict.runs.artifacts)[:10],
         risk=verdict.risk,
         rollback=Rollback(strategy=draft.rollback.strategy, description=draft.rollback.description),
         confidence=round(proposal.confidence, 3),
@@ -91,21 +110,21 @@ def _b64(doc: Any) -> str:
     return base64.b64encode(canonical_json(doc)).decode()
 
 
-def workflow_action(plan: Plan) -> str:
-    """What the pipeline template should do: deploy, build (artifacts only) or rollback."""
-    actions = {s.action for s in plan.steps}
-    if Action.ROLLBACK in actions:
-        return "rollback"
-    if Action.DEPLOY in actions:
-        return "deploy"
-    return "build"
+def constitution_bundle(constitution: Constitution) -> dict[str, Any]:
+    """The rules a workflow verifies against, sent with the plan (no call back to SOPHIE).
 
-
-def rollback_sha(plan: Plan) -> str:
-    for step in plan.steps:
-        if step.action == Action.ROLLBACK and step.inputs.get("sha"):
-            return step.inputs["sha"]
-    return ""
+    The shape of :meth:`Constitution.bundle` (``sophie verify --constitution`` reads it),
+    but ``yaml`` holds the parsed rules as JSON, which is YAML too: the exact document
+    whose digest every decision signs, so the pipeline's stdlib-only verifier
+    (``examples/github/verify.py``) can recompute that digest without the schema.
+    """
+    rules = constitution.model_dump(mode="json")
+    return {
+        "version": constitution.version,
+        "digest": constitution.digest_hex,
+        "yaml": json.dumps(rules, sort_keys=True, ensure_ascii=False),
+        "policies": constitution.policy_sources,
+    }
 
 
 def workflow_inputs(
@@ -113,25 +132,37 @@ def workflow_inputs(
     envelopes: list[dict[str, Any]],
     bundle_url: str | None,
     correlation_id: str = "",
+    constitution: Constitution | None = None,
 ) -> dict[str, str]:
     """The workflow_dispatch inputs for a plan, within GitHub's size limits.
 
-    The plan and its envelopes travel inline when they fit; otherwise the
-    workflow gets a URL on the bot from which it fetches the same bundle.
+    Everything that chooses what runs comes from the plan's target and artifacts,
+    which :mod:`roles.what_runs` derived from the constitution (and the approvals
+    sign); step fields written by a model never reach the workflow except inside
+    the signed plan document. The plan, its envelopes and the constitution they were
+    signed under travel inline when they fit (65,535 characters in all), so the
+    workflow verifies without reaching SOPHIE; otherwise the workflow gets a URL on
+    the bot for the same bundle. A workflow may define only 10 inputs (GitHub
+    Enterprise Server; actionlint), so the constitution rides in ``bundle_url`` as a
+    ``data:`` URL (RFC 2397): the bundle, inline.
     """
+    target = plan.target
     inputs = {
         "plan_id": plan.id,
         "plan_digest": plan.digest,
-        "environment": plan.target.environment,
+        "environment": target.environment,
         "artifacts": ",".join(plan.artifacts),
-        "action": workflow_action(plan),
+        "action": target.action,
         "plan": _b64(plan.document()),
         "envelopes": _b64(envelopes),
     }
+    if constitution is not None:
+        inline = {"constitution": constitution_bundle(constitution)}
+        inputs["bundle_url"] = "data:application/json;base64," + _b64(inline)
     if correlation_id:
         inputs["correlation_id"] = correlation_id
-    if rollback_sha(plan):
-        inputs["deploy_sha"] = rollback_sha(plan)
+    if target.sha:
+        inputs["deploy_sha"] = target.sha
     if len(json.dumps(inputs)) > MAX_INPUT_CHARS:
         if bundle_url is None:
             raise ValueError("plan and envelopes exceed GitHub's input limit and no bundle URL")
@@ -142,6 +173,11 @@ def workflow_inputs(
     return inputs
 
 
-def bundle(plan: Plan, envelopes: list[dict[str, Any]]) -> str:
+def bundle(
+    plan: Plan, envelopes: list[dict[str, Any]], constitution: Constitution | None = None
+) -> str:
     """The JSON a workflow fetches from the bundle URL."""
-    return json.dumps({"plan": plan.document(), "envelopes": envelopes}, sort_keys=True)
+    doc: dict[str, Any] = {"plan": plan.document(), "envelopes": envelopes}
+    if constitution is not None:
+        doc["constitution"] = constitution_bundle(constitution)
+    return json.dumps(doc, sort_keys=True)

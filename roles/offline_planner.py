@@ -61,7 +61,7 @@ def _change_steps(reading: Reading) -> list[DraftStep]:
             _step(
                 Action.CONFIG_CHANGE,
                 f"Configure the cache backend (Redis) and TTLs for {reading.environment}",
-                setting="cache",
+                key="cache",
             )
         )
     if _DATA.search(text):

@@ -107,18 +107,31 @@ class Requester(_Closed):
     team_id: str
     user_id: str
     name: str = ""
+    enterprise_id: str = ""
 
 
 class Interpretation(_Closed):
     intent: Intent
     summary: LongText
+    # What Φ had to assume (a default repo or environment, truncated text, a name that
+    # only looked like a known one): said plainly on the card.
+    assumptions: list[ShortText] = Field(default_factory=list)
+
+
+WorkflowAction = Literal["deploy", "build", "rollback"]
+Sha = Annotated[str, StringConstraints(pattern=r"^([0-9a-f]{40}|[0-9a-f]{64})?$")]
 
 
 class Target(_Closed):
+    """What runs: derived by :func:`roles.what_runs.derive` from the constitution alone."""
+
     repo: RepoName
     ref: Annotated[str, StringConstraints(min_length=1, max_length=255)]
     environment: Identifier
     workflow: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,100}\.ya?ml$")]
+    action: WorkflowAction = "deploy"
+    # The exact commit a rollback restores (from the deployment history); "" = the ref's head.
+    sha: Sha = ""
 
 
 class Step(_Closed):

@@ -48,6 +48,8 @@ class Actor:
     team_id: str
     user_id: str
     name: str = ""
+    # Enterprise Grid: the organisation the workspace belongs to ("" elsewhere).
+    enterprise_id: str = ""
 
     @property
     def is_bot(self) -> bool:
@@ -67,10 +69,15 @@ class Directive:
     text: str
     requester: Actor
     thread: Thread
-    source: Literal["mention", "command", "message", "cli", "button"]
+    source: Literal["mention", "command", "message", "cli", "button", "api"]
     event_id: str
+    # A rollback is a command (the Rollback button, /sophie rollback), never a word:
+    # only kind "rollback" can plan one, whatever the text says.
+    kind: Literal["directive", "rollback"] = "directive"
     # For rollbacks started from a run: the commit to move away from.
     rollback_from: str = ""
+    # Slack's channel_type ("im" for a DM, "channel", "group", "mpim"), where known.
+    channel_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -151,3 +158,22 @@ class DecideResult:
     accepted: bool
     status: PlanStatus
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class SlotClaim:
+    """The answer to "may this plan deploy to its repo@environment now?"."""
+
+    taken: bool
+    position: int = 0  # 1 = next in line
+    holder: str = ""  # the plan deploying now ("" when the slot is locked and free)
+    newly_queued: bool = False
+
+
+@dataclass(frozen=True)
+class DeployLock:
+    """``/sophie lock``: deploys to a repo@environment wait until it is unlocked."""
+
+    by: str
+    reason: str
+    at: float

@@ -19,6 +19,7 @@ def signed_headers(
 ) -> dict[str, str]:
     ts = str(int(time.time()) if timestamp is None else timestamp)
     signature = SignatureVerifier(secret).generate_signature(timestamp=ts, body=body)
+    assert signature is not None  # only None when the timestamp is
     return {
         "Content-Type": content_type,
         "X-Slack-Request-Timestamp": ts,
@@ -65,22 +66,44 @@ def block_action(
     message_ts: str,
     response_url: str,
     trigger_id: str | None = None,
+    *,
+    team: str = TEAM,
+    user_team: str | None = None,
+    enterprise: str | None = None,
+    thread_ts: str | None = None,
 ) -> dict[str, Any]:
-    return {
+    """A button press on a message, as Slack posts it (``block_actions``).
+
+    ``team`` is the workspace the click comes from, ``user_team`` the clicker's own
+    (Slack Connect guests differ; default ``team``), ``enterprise`` an Enterprise Grid
+    org, ``thread_ts`` the thread the message is a reply in. Field names follow
+    https://docs.slack.dev/reference/interaction-payloads/block_actions-payload.
+    """
+    container: dict[str, Any] = {
+        "type": "message",
+        "message_ts": message_ts,
+        "channel_id": channel,
+        "is_ephemeral": False,
+    }
+    message: dict[str, Any] = {"type": "message", "ts": message_ts, "text": "card"}
+    if thread_ts:
+        container["thread_ts"] = thread_ts
+        message["thread_ts"] = thread_ts
+    payload: dict[str, Any] = {
         "type": "block_actions",
-        "team": {"id": TEAM, "domain": "sophie"},
-        "user": {"id": user, "username": user.lower(), "name": user.lower(), "team_id": TEAM},
+        "team": {"id": team, "domain": "sophie"},
+        "user": {
+            "id": user,
+            "username": user.lower(),
+            "name": user.lower(),
+            "team_id": user_team or team,
+        },
         "api_app_id": "A0SOPHIEAPP",
         "token": "legacy-verification-token",
-        "container": {
-            "type": "message",
-            "message_ts": message_ts,
-            "channel_id": channel,
-            "is_ephemeral": False,
-        },
+        "container": container,
         "trigger_id": trigger_id or f"{int(time.time())}.{uuid.uuid4().int % 10**12}.abc",
         "channel": {"id": channel, "name": "deploys"},
-        "message": {"type": "message", "ts": message_ts, "text": "card"},
+        "message": message,
         "response_url": response_url,
         "actions": [
             {
@@ -92,6 +115,18 @@ def block_action(
             }
         ],
     }
+    if enterprise:
+        payload["enterprise"] = {"id": enterprise, "name": "Acme Org"}
+        payload["is_enterprise_install"] = False
+    return payload
+
+
+def in_thread(payload: dict[str, Any], thread_ts: str | None) -> dict[str, Any]:
+    """The same click, on a message that is a reply in thread ``thread_ts``."""
+    if thread_ts:
+        payload["container"]["thread_ts"] = thread_ts
+        payload["message"]["thread_ts"] = thread_ts
+    return payload
 
 
 def form_body(payload: dict[str, Any]) -> str:

@@ -9,6 +9,21 @@ A dispatch creates a workflow run that moves, one step per look (or per
 ``advance``), from queued through the build and deploy jobs to completed; success
 leaves artifacts and a deployment whose status carries the ``environment_url``.
 With ``webhook_url`` set, each move is also delivered as signed webhooks.
+
+It does what GitHub documents, not what SOPHIE would like (each behaviour cites the page):
+
+- auto-inactive: a ``success`` status marks older successful deployments of the same
+  repository and environment ``inactive`` (not for production or transient ones);
+- concurrency: the template's ``concurrency`` group keeps one run going and one pending;
+  a newer run cancels the pending one (``concurrency=`` per workflow, ``{}`` for none);
+- a dispatched run is listed only a moment after the dispatch (``list_delay``);
+- a release's ``target_commitish`` is the branch it was cut from; its tag names the commit;
+- GitHub Enterprise Server (``ghes=True``) refuses ``return_run_details``;
+- permissions per token: a fine-grained token or App installation without the
+  permission an endpoint needs gets GitHub's 403 and ``X-Accepted-GitHub-Permissions``;
+- commits pushed with ``push`` are compared as GitHub compares them (``github_git``):
+  ahead/behind/identical/diverged, files on the first page only and at most 300 of them,
+  no ``patch`` for binary or oversized files.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import re
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -30,8 +46,9 @@ import aiohttp
 from aiohttp import web
 
 from tests.fakes import github_spec
+from tests.fakes.github_git import MAX_FILES, FileDiff, GitCommit, GitHistory, NotFound
 
-BODY = web.RequestKey("body", object)
+BODY: web.RequestKey[Any] = web.RequestKey("body", object)
 MAX_INPUTS = 25
 MAX_INPUT_CHARS = 65_535
 STAGES = (
@@ -41,6 +58,47 @@ STAGES = (
     ("completed", None),
 )
 JOBS = ("verify", "build", "deploy-staging")
+# The template's `concurrency: group: sophie-${{ github.repository }}-${{ inputs.environment }}`.
+TEMPLATE_CONCURRENCY = "sophie-{repo}-{environment}"
+# "Permissions required for fine-grained personal access tokens" / "for GitHub Apps"
+# (https://docs.github.com/en/rest/authentication/permissions-required-for-fine-grained-personal-access-tokens):
+# what each endpoint the fake serves needs, by (method, OpenAPI path).
+PERMISSIONS: dict[tuple[str, str], tuple[str, str]] = {
+    ("GET", "/repos/{owner}/{repo}"): ("metadata", "read"),
+    ("GET", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}"): ("actions", "read"),
+    ("POST", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/dispatches"): (
+        "actions",
+        "write",
+    ),
+    ("GET", "/repos/{owner}/{repo}/actions/workflows/{workflow_id}/runs"): ("actions", "read"),
+    ("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}"): ("actions", "read"),
+    ("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}/jobs"): ("actions", "read"),
+    ("GET", "/repos/{owner}/{repo}/actions/runs/{run_id}/artifacts"): ("actions", "read"),
+    ("GET", "/repos/{owner}/{repo}/deployments"): ("deployments", "read"),
+    ("POST", "/repos/{owner}/{repo}/deployments"): ("deployments", "write"),
+    ("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}"): ("deployments", "read"),
+    ("GET", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"): ("deployments", "read"),
+    ("POST", "/repos/{owner}/{repo}/deployments/{deployment_id}/statuses"): (
+        "deployments",
+        "write",
+    ),
+    ("GET", "/repos/{owner}/{repo}/releases"): ("contents", "read"),
+    ("GET", "/repos/{owner}/{repo}/releases/{release_id}/assets"): ("contents", "read"),
+    ("GET", "/repos/{owner}/{repo}/tags"): ("contents", "read"),
+    ("GET", "/repos/{owner}/{repo}/check-runs/{check_run_id}"): ("checks", "read"),
+    ("GET", "/repos/{owner}/{repo}/check-runs/{check_run_id}/annotations"): ("checks", "read"),
+    ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"): ("checks", "read"),
+    ("GET", "/repos/{owner}/{repo}/compare/{basehead}"): ("contents", "read"),
+}
+# What SOPHIE's README asks of a fine-grained token or GitHub App (and the fake's default).
+FULL_PERMISSIONS = {
+    "metadata": "read",
+    "actions": "write",
+    "deployments": "read",
+    "contents": "read",
+    "checks": "read",
+}
+_LEVELS = {"none": 0, "read": 1, "write": 2, "admin": 3}
 
 
 def _now() -> str:
@@ -70,9 +128,17 @@ class Run:
     fail_job: str | None = None
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     created_at: str = field(default_factory=_now)
+    group: str = ""  # the concurrency group it was queued in ("" = none)
+    pending: bool = False  # waiting for its concurrency group
+    listed_after: float = 0.0  # time.monotonic() from which run lists include it
+    deployment: Deployment | None = None  # what its deploy (or rollback) job created
 
     @property
     def status(self) -> str:
+        if self.pending:
+            return "pending"
+        if self.conclusion == "cancelled":
+            return "completed"
         return STAGES[self.stage][0]
 
     @property
@@ -94,6 +160,14 @@ class Deployment:
     environment: str
     created_at: str
     statuses: list[dict[str, Any]] = field(default_factory=list)  # newest first
+    task: str = "deploy"
+    payload: dict[str, Any] = field(default_factory=dict)
+    transient: bool = False
+    production: bool = False
+
+    @property
+    def succeeded(self) -> bool:
+        return any(s["state"] == "success" for s in self.statuses)
 
 
 @dataclass
@@ -101,7 +175,7 @@ class Release:
     id: int
     repo: str
     tag: str
-    target_commitish: str
+    target_commitish: str  # the branch the release was cut from, as GitHub reports it
     assets: list[str]
 
 
@@ -160,11 +234,30 @@ class FakeGitHub:
         auto_advance: bool = True,
         artifacts: tuple[str, ...] = ("auth-service.deb", "sbom.spdx.json"),
         release_assets: tuple[str, ...] = (),
+        environment_urls: dict[str, str] | None = None,
+        concurrency: dict[str, str] | None = None,
+        list_delay: float = 0.2,
     ) -> None:
         self.tokens = {token}
+        # token → its permissions (fine-grained tokens, App installations); a token not
+        # here is a classic PAT with the `repo` scope, which may do all the fake serves.
+        self.token_permissions: dict[str, dict[str, str]] = {}
+        self.token_scopes: dict[str, str] = {token: "repo, workflow"}
         self.repos = set(repos)
         self.workflows = {name: 1000 + n for n, name in enumerate(workflows)}
+        # The URL a deployment's status reports, per environment (the template publishes
+        # one per environment); environments not named get ``environment_url``.
         self.environment_url = environment_url
+        self.environment_urls = dict(environment_urls or {})
+        # Concurrency group per workflow, as the template declares it ({} = no group);
+        # formatted with the run's repo and inputs.
+        self.concurrency = (
+            {name: TEMPLATE_CONCURRENCY for name in workflows}
+            if concurrency is None
+            else dict(concurrency)
+        )
+        # Runs appear in run lists this long after the dispatch (GitHub is not instant).
+        self.list_delay = list_delay
         self.branches = set(branches)
         self.ghes = ghes
         self.auto_advance = auto_advance
@@ -181,9 +274,12 @@ class FakeGitHub:
         self.webhook_url: str | None = None
         self.webhook_secret: str = ""
         self.deliveries: list[dict[str, Any]] = []
-        # GitHub Apps: app id → public key (PEM); installation id → app id.
+        # GitHub Apps: app id → public key (PEM); installation id → app id, permissions.
         self.app_keys: dict[str, str] = {}
         self.installations: dict[int, str] = {}
+        self.installation_permissions: dict[int, dict[str, str]] = {}
+        self.tags: dict[tuple[str, str], str] = {}  # (repo, tag) → commit sha
+        self.git = GitHistory()  # commits and branch heads (``push``; compare)
         self.installation_tokens: list[str] = []
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
@@ -231,23 +327,59 @@ class FakeGitHub:
             run = self.runs[run_id]
             if conclusion != "success":
                 run.fail_job = run.fail_job or "build"
-            while run.stage < len(STAGES) - 1:
+            while run.status != "completed":
+                if run.pending:
+                    raise RuntimeError(f"run {run_id} is pending behind its concurrency group")
                 self._advance(run)
 
     def seed_deployment(
         self, repo: str, sha: str, environment: str, state: str = "success", ref: str = "main"
     ) -> Deployment:
+        """A deployment made before the test (its ``success`` applies auto-inactive)."""
         with self._lock:
-            deployment = Deployment(next(self._ids), repo, sha, ref, environment, _now())
-            deployment.statuses.insert(0, self._status(deployment, state, None))
-            self.deployments.append(deployment)
+            deployment = self._new_deployment(repo, sha, ref, environment)
+            self._set_status(deployment, state, None)
             return deployment
 
-    def publish_release(self, repo: str, sha: str, tag: str, assets: list[str]) -> Release:
+    def publish_release(
+        self, repo: str, sha: str, tag: str, assets: list[str], branch: str = "main"
+    ) -> Release:
+        """A release whose tag points at ``sha``, cut from ``branch``.
+
+        "target_commitish: Specifies the commitish value that determines where the Git
+        tag is created from. Can be any branch or commit SHA. Unused if the Git tag already
+        exists. Default: the repository's default branch."
+        (https://docs.github.com/en/rest/releases/releases#create-a-release): release
+        workflows tag the commit and leave the default, so it reads as a branch name.
+        """
         with self._lock:
-            release = Release(next(self._ids), repo, tag, sha, assets)
+            self.tags[(repo, tag)] = sha
+            release = Release(next(self._ids), repo, tag, branch, assets)
             self.releases.append(release)
             return release
+
+    def push(
+        self,
+        repo: str,
+        files: Mapping[str, str | bytes | None],
+        branch: str = "main",
+        parent: str | None = None,
+        message: str = "",
+        merge: str | None = None,
+    ) -> str:
+        """A commit on ``branch`` (path → new content, None deletes; ``merge``: the second
+        parent of a merge commit); returns its sha."""
+        with self._lock:
+            sha = self.git.push(repo, files, branch, parent, message, merge)
+            self.branches.add(branch)
+            return sha
+
+    def grant(self, token: str, permissions: dict[str, str]) -> None:
+        """A fine-grained personal access token with exactly these permissions."""
+        with self._lock:
+            self.tokens.add(token)
+            self.token_permissions[token] = dict(permissions)
+            self.token_scopes.pop(token, None)
 
     def redeliver(self, delivery_id: str) -> None:
         with self._lock:
@@ -268,8 +400,9 @@ class FakeGitHub:
             body = raw.decode(errors="replace")
         query = dict(request.query)
         path = request.path
+        token = ""
         try:
-            self._authorise(request)
+            token = self._authorise(request)
             self._inject_fault(request.method, path, after=False)
             reasons = github_spec.check_request(request.method, path, query, body)
             if reasons:
@@ -294,7 +427,12 @@ class FakeGitHub:
                 raise AssertionError(f"fake GitHub reply breaks the spec: {problems}")
         with self._lock:
             self.requests.append(Request(request.method, path, query, body, response.status))
+            scopes = self.token_scopes.get(token)
         response.headers.update(self._rate_headers())
+        if scopes is not None:
+            # Classic tokens: "X-OAuth-Scopes lists the scopes your token has authorized"
+            # (https://docs.github.com/en/apps/oauth-apps/building-oauth-apps/scopes-for-oauth-apps).
+            response.headers["X-OAuth-Scopes"] = scopes
         return response
 
     def _rate_headers(self) -> dict[str, str]:
@@ -307,13 +445,36 @@ class FakeGitHub:
             "x-github-request-id": uuid.uuid4().hex[:16].upper(),
         }
 
-    def _authorise(self, request: web.Request) -> None:
+    def _authorise(self, request: web.Request) -> str:
+        """The token, if it may call this endpoint.
+
+        Fine-grained tokens and App installations need the endpoint's permission:
+        "If your app makes a REST API request with insufficient permissions, the API will
+        return a 403 response" with the ``X-Accepted-GitHub-Permissions`` header naming what
+        would do (https://docs.github.com/en/rest/using-the-rest-api/troubleshooting-the-rest-api
+        #insufficient-permission-errors); the message is "Resource not accessible by
+        integration" for Apps and "... by personal access token" for fine-grained tokens.
+        """
         header = request.headers.get("Authorization", "")
         scheme, _, token = header.partition(" ")
         if request.path.startswith("/app/"):
-            return  # app JWTs are checked by the handler
+            return ""  # app JWTs are checked by the handler
         if scheme.lower() not in ("token", "bearer") or token not in self.tokens:
             raise _Fail(401, "Bad credentials")
+        with self._lock:
+            granted = self.token_permissions.get(token)
+            app = token in self.installation_tokens
+        need = PERMISSIONS.get((request.method, github_spec.match(request.path) or ""))
+        if granted is not None and need is not None:
+            name, level = need
+            if _LEVELS.get(granted.get(name, "none"), 0) < _LEVELS[level]:
+                who = "integration" if app else "personal access token"
+                raise _Fail(
+                    403,
+                    f"Resource not accessible by {who}",
+                    {"X-Accepted-GitHub-Permissions": f"{name}={level}"},
+                )
+        return token
 
     def _inject_fault(self, method: str, path: str, after: bool) -> None:
         with self._lock:
@@ -359,13 +520,19 @@ class FakeGitHub:
         r.add_get(base + "/actions/runs/{run_id}/jobs", self._get_jobs)
         r.add_get(base + "/actions/runs/{run_id}/artifacts", self._get_artifacts)
         r.add_get(base + "/deployments", self._list_deployments)
+        r.add_post(base + "/deployments", self._create_deployment)
         r.add_get(base + "/deployments/{deployment_id}/statuses", self._list_statuses)
+        r.add_post(base + "/deployments/{deployment_id}/statuses", self._create_status)
         r.add_get(base + "/releases", self._list_releases)
         r.add_get(base + "/releases/{release_id}/assets", self._list_assets)
+        r.add_get(base + "/tags", self._list_tags)
         r.add_get(base + "/check-runs/{check_run_id}", self._check_run)
         r.add_get(base + "/check-runs/{check_run_id}/annotations", self._annotations)
+        r.add_get(base + "/commits/{ref}/check-runs", self._check_runs_for_ref)
+        r.add_get(base + "/compare/{basehead:.+}", self._compare)
         r.add_get("/rate_limit", self._rate_limit)
         r.add_post("/app/installations/{installation_id}/access_tokens", self._access_token)
+        r.add_get("/app/installations/{installation_id}", self._installation)
 
     # -- shapes --------------------------------------------------------------------
 
@@ -401,6 +568,8 @@ class FakeGitHub:
 
     def _job_state(self, run: Run, n: int) -> tuple[str, str | None]:
         """Jobs run in order: verify, build, deploy-staging (stage 1 builds, 2 deploys)."""
+        if run.conclusion == "cancelled":
+            return "completed", "cancelled"
         if run.stage == len(STAGES) - 1:
             if run.fail_job in JOBS:
                 failed = JOBS.index(run.fail_job)
@@ -465,24 +634,98 @@ class FakeGitHub:
             )
         return jobs
 
-    def _status(self, d: Deployment, state: str, run: Run | None) -> dict[str, Any]:
+    def url_of(self, environment: str) -> str:
+        """The URL the template publishes for ``environment`` (one per environment)."""
+        return self.environment_urls.get(environment, self.environment_url)
+
+    def _new_deployment(
+        self,
+        repo: str,
+        sha: str,
+        ref: str,
+        environment: str,
+        task: str = "deploy",
+        payload: dict[str, Any] | None = None,
+        transient: bool = False,
+        production: bool | None = None,
+    ) -> Deployment:
+        deployment = Deployment(
+            next(self._ids),
+            repo,
+            sha,
+            ref,
+            environment,
+            _now(),
+            task=task,
+            payload=dict(payload or {}),
+            transient=transient,
+            # "production_environment ... Default: true when environment is production"
+            # (https://docs.github.com/en/rest/deployments/deployments#create-a-deployment)
+            production=environment == "production" if production is None else production,
+        )
+        self.deployments.append(deployment)
+        return deployment
+
+    def _set_status(
+        self,
+        d: Deployment,
+        state: str,
+        run: Run | None,
+        environment_url: str | None = None,
+        log_url: str | None = None,
+        auto_inactive: bool = True,
+    ) -> dict[str, Any]:
+        """Add a status (newest first) and tell the webhook.
+
+        "auto_inactive: Adds a new inactive status to all prior non-transient,
+        non-production environment deployments with the same repository and environment
+        name as the created status's deployment. An inactive status is only added to
+        deployments that had a success state. Default: true"
+        (https://docs.github.com/en/rest/deployments/statuses#create-a-deployment-status).
+        """
         sid = next(self._ids)
-        log = f"https://github.com/{d.repo}/actions/runs/{run.id}" if run else ""
-        return {
+        if log_url is None:
+            log_url = f"https://github.com/{d.repo}/actions/runs/{run.id}" if run else ""
+        if environment_url is None:
+            environment_url = self.url_of(d.environment) if state == "success" else ""
+        status = {
             "id": sid,
             "node_id": f"DES_{sid}",
             "state": state,
             "description": "",
             "environment": d.environment,
-            "environment_url": self.environment_url if state == "success" else "",
-            "log_url": log,
-            "target_url": log,
+            "environment_url": environment_url,
+            "log_url": log_url,
+            "target_url": log_url,
             "created_at": _now(),
             "updated_at": _now(),
             "url": "",
             "deployment_url": "",
             "repository_url": "",
         }
+        d.statuses.insert(0, status)
+        if state == "success" and auto_inactive:
+            for older in self.deployments:
+                if (
+                    older.id < d.id
+                    and older.repo == d.repo
+                    and older.environment == d.environment
+                    and not older.transient
+                    and not older.production
+                    and older.succeeded
+                    and older.statuses[0]["state"] != "inactive"
+                ):
+                    self._set_status(older, "inactive", None, environment_url="", log_url="")
+        self._emit(
+            "deployment_status",
+            {
+                "action": "created",
+                "deployment_status": status,
+                "deployment": {"id": d.id, "sha": d.sha, "environment": d.environment},
+                "repository": {"full_name": d.repo},
+            },
+        )
+        return status
 
     def _deployment_json(self, base: str, d: Deployment) -> dict[str, Any]:
         api = f"{base}/repos/{d.repo}/deployments/{d.id}"
@@ -491,8 +734,8 @@ class FakeGitHub:
             "node_id": f"DE_{d.id}",
             "sha": d.sha,
             "ref": d.ref,
-            "task": "deploy",
-            "payload": {},
+            "task": d.task,
+            "payload": d.payload,
             "environment": d.environment,
             "original_environment": d.environment,
             "description": None,
@@ -501,55 +744,112 @@ class FakeGitHub:
             "repository_url": f"{base}/repos/{d.repo}",
             "created_at": d.created_at,
             "updated_at": d.created_at,
-            "transient_environment": False,
-            "production_environment": d.environment == "production",
+            "transient_environment": d.transient,
+            "production_environment": d.production,
         }
 
     # -- lifecycle -----------------------------------------------------------------
 
     def _advance(self, run: Run) -> None:
-        if run.stage >= len(STAGES) - 1:
-            return
+        if run.pending or run.status == "completed":
+            return  # a pending run waits for its concurrency group
         run.stage += 1
+        if STAGES[run.stage][1] == "deploy-staging":
+            self._deploy_job_started(run)
         if STAGES[run.stage][0] == "completed":
             if run.fail_job:
                 run.conclusion = "failure"
+                if run.deployment is not None:
+                    self._set_status(run.deployment, "failure", run)
             else:
                 run.conclusion = "success"
                 self._succeed(run)
         self._emit_run(run)
+        if run.status == "completed":
+            self._release_group(run)
+
+    def _deploy_job_started(self, run: Run) -> None:
+        """The deploy (or rollback) job creates its deployment when it starts.
+
+        Deploy: "When a workflow job that references an environment runs, it creates a
+        deployment object with the environment property set to the name of your
+        environment" (https://docs.github.com/en/actions/reference/workflows-and-actions/
+        deployments-and-environments), for the run's commit and branch. Rollback: the
+        template's job creates it through the REST API with ``ref: deploy_sha``, so the
+        deployment names the restored commit (ref and sha both the sha).
+        """
+        action = run.inputs.get("action", "deploy")
+        if action not in ("deploy", "rollback") or run.fail_job in ("verify", "build"):
+            return
+        env = run.inputs.get("environment", "staging")
+        if action == "rollback":
+            sha = run.inputs.get("deploy_sha") or run.head_sha
+            payload = {"sophie": {"plan_id": run.inputs.get("plan_id", ""), "action": action}}
+            run.deployment = self._new_deployment(run.repo, sha, sha, env, payload=payload)
+        else:
+            run.deployment = self._new_deployment(run.repo, run.head_sha, run.ref, env)
+        self._set_status(run.deployment, "in_progress", run)
 
     def _succeed(self, run: Run) -> None:
         action = run.inputs.get("action", "deploy")
         for name in self.artifact_names if action != "rollback" else ():
             run.artifacts.append({"id": next(self._ids), "name": name})
         if self.release_assets and action != "rollback":
+            # A release workflow tags the run's commit; the release reports the branch.
             tag = f"v1.0.{run.number}"
+            self.tags[(run.repo, tag)] = run.head_sha
             self.releases.append(
-                Release(next(self._ids), run.repo, tag, run.head_sha, list(self.release_assets))
+                Release(next(self._ids), run.repo, tag, run.ref, list(self.release_assets))
             )
-        if action in ("deploy", "rollback"):
-            sha = run.inputs.get("deploy_sha") or run.head_sha
-            env = run.inputs.get("environment", "staging")
-            deployment = Deployment(next(self._ids), run.repo, sha, run.ref, env, _now())
-            deployment.statuses.insert(0, self._status(deployment, "in_progress", run))
-            deployment.statuses.insert(0, self._status(deployment, "success", run))
-            self.deployments.append(deployment)
-            self._emit(
-                "deployment_status",
-                {
-                    "action": "created",
-                    "deployment_status": deployment.statuses[0],
-                    "deployment": {"id": deployment.id, "sha": sha, "environment": env},
-                    "repository": {"full_name": run.repo},
-                },
-            )
+        if run.deployment is not None:
+            self._set_status(run.deployment, "success", run)
+
+    def _group_of(self, repo: str, workflow: str, inputs: dict[str, str]) -> str:
+        template = self.concurrency.get(workflow)
+        if not template:
+            return ""
+        values = {k: v for k, v in inputs.items() if isinstance(v, str)}
+        values.setdefault("environment", "")
+        # "Concurrency group names are case insensitive" (docs below).
+        return template.format_map({**values, "repo": repo}).lower()
+
+    def _queue_in_group(self, run: Run) -> None:
+        """GitHub: "When a concurrent job or workflow is queued, if another job or workflow using
+        the same concurrency group in the repository is in progress, the queued job or
+        workflow will be pending. Any existing pending job or workflow in the same
+        concurrency group, if it exists, will be canceled and the new queued job or
+        workflow will take its place." (https://docs.github.com/en/actions/how-tos/
+        write-workflows/choose-when-workflows-run/control-workflow-concurrency)"""
+        if not run.group:
+            return
+        others = [r for r in self.runs.values() if r.group == run.group and r.id != run.id]
+        if any(r.status != "completed" and not r.pending for r in others):
+            run.pending = True
+            for older in others:
+                if older.pending:
+                    older.pending = False
+                    older.conclusion = "cancelled"
+                    self._emit_run(older)
+
+    def _release_group(self, run: Run) -> None:
+        """The run in the group ended: the pending one (at most one) starts."""
+        if not run.group:
+            return
+        waiting = [r for r in self.runs.values() if r.group == run.group and r.pending]
+        for nxt in sorted(waiting, key=lambda r: r.id)[:1]:
+            nxt.pending = False
+            self._emit_run(nxt)
 
     # -- webhooks ------------------------------------------------------------------
 
     def _emit_run(self, run: Run) -> None:
         base = "https://api.github.com"
-        action = {"queued": "requested", "in_progress": "in_progress", "completed": "completed"}
+        action = {
+            "pending": "requested",
+            "queued": "requested",
+            "in_progress": "in_progress",
+            "completed": "completed",
+        }
         self._emit(
             "workflow_run",
             {
@@ -594,6 +894,7 @@ class FakeGitHub:
                 "X-Hub-Signature-256": delivery["signature"],
                 "User-Agent": "GitHub-Hookshot/fake",
             }
+            delivery["sent_at"] = time.monotonic()  # for figures: delivery → thread edit
             try:
                 async with aiohttp.ClientSession() as session:
                     async with session.post(url, data=delivery["body"], headers=headers) as resp:
@@ -650,6 +951,10 @@ class FakeGitHub:
         name, wid = self._workflow(request)
         body = request[BODY] or {}
         if self.ghes and "return_run_details" in body:
+            # Run details came to github.com in February 2026 ("Workflow dispatch API now
+            # returns run IDs", https://github.blog/changelog/2026-02-19-workflow-dispatch-
+            # api-now-returns-run-ids); GitHub Enterprise Server validates the body against
+            # its older schema and refuses the unknown key.
             raise _Fail(422, 'Invalid request.\n\n"return_run_details" is not a permitted key.')
         inputs = body.get("inputs") or {}
         if len(inputs) > MAX_INPUTS:
@@ -676,9 +981,12 @@ class FakeGitHub:
                 inputs=dict(inputs),
                 number=len(self.runs) + 1,
                 fail_job=self.fail_job,
+                group=self._group_of(repo, name, inputs),
+                listed_after=time.monotonic() + self.list_delay,
             )
             self.runs[run_id] = run
             self.dispatches.append(Dispatch(repo, name, ref, dict(inputs)))
+            self._queue_in_group(run)
             self._emit_run(run)
         if body.get("return_run_details"):
             return web.json_response(
@@ -708,11 +1016,13 @@ class FakeGitHub:
         repo = self._repo(request)
         _, wid = self._workflow(request)
         q = request.query
+        now = time.monotonic()
         with self._lock:
             runs = [
                 r
                 for r in sorted(self.runs.values(), key=lambda r: -r.id)
                 if r.repo == repo
+                and r.listed_after <= now  # listed a moment after the dispatch
                 and r.workflow_id == wid
                 and q.get("event", "workflow_dispatch") == "workflow_dispatch"
                 and q.get("branch", r.ref) == r.ref
@@ -791,6 +1101,81 @@ class FakeGitHub:
                 raise _Fail(404, "Not Found")
             statuses = list(deployment.statuses)
         return web.json_response(statuses)
+
+    async def _create_deployment(self, request: web.Request) -> web.Response:
+        """POST /deployments, as the template's rollback job calls it (``ref: deploy_sha``).
+
+        "The ref parameter can be any named branch, tag, or SHA"; "required_contexts ...
+        To bypass checking entirely, pass an empty array"
+        (https://docs.github.com/en/rest/deployments/deployments#create-a-deployment).
+        The fake has no commit statuses, so every context check passes.
+        """
+        repo = self._repo(request)
+        body = request[BODY] or {}
+        ref = str(body["ref"])
+        if re.fullmatch(r"[0-9a-f]{40}", ref):
+            sha = ref
+        elif ref.removeprefix("refs/heads/") in self.branches:
+            with self._lock:
+                heads = [r.head_sha for r in self.runs.values() if r.repo == repo]
+            sha = heads[-1] if heads else hashlib.sha1(f"{repo}:{ref}".encode()).hexdigest()
+        elif (repo, ref) in self.tags:
+            sha = self.tags[(repo, ref)]
+        else:
+            raise _Fail(422, f"No ref found for: {ref}")
+        payload = body.get("payload") or {}
+        if isinstance(payload, str):
+            payload = json.loads(payload) if payload else {}
+        with self._lock:
+            deployment = self._new_deployment(
+                repo,
+                sha,
+                ref,
+                str(body.get("environment", "production")),
+                task=str(body.get("task", "deploy")),
+                payload=payload,
+                transient=bool(body.get("transient_environment", False)),
+                production=body.get("production_environment"),
+            )
+            reply = self._deployment_json(self._base(request), deployment)
+        return web.json_response(reply, status=201)
+
+    async def _create_status(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        did = int(request.match_info["deployment_id"])
+        body = request[BODY] or {}
+        with self._lock:
+            deployment = next((d for d in self.deployments if d.id == did and d.repo == repo), None)
+            if deployment is None:
+                raise _Fail(404, "Not Found")
+            log = body.get("log_url", body.get("target_url", ""))
+            status = self._set_status(
+                deployment,
+                str(body["state"]),
+                None,
+                environment_url=str(body.get("environment_url", "")),
+                log_url=str(log or ""),
+                auto_inactive=bool(body.get("auto_inactive", True)),
+            )
+        return web.json_response(status, status=201)
+
+    async def _list_tags(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        base = self._base(request)
+        with self._lock:
+            found = [(tag, sha) for (r, tag), sha in reversed(self.tags.items()) if r == repo]
+            chunk, headers = self._page(request, found)
+            body = [
+                {
+                    "name": tag,
+                    "commit": {"sha": sha, "url": f"{base}/repos/{repo}/commits/{sha}"},
+                    "zipball_url": f"{base}/repos/{repo}/zipball/{tag}",
+                    "tarball_url": f"{base}/repos/{repo}/tarball/{tag}",
+                    "node_id": f"T_{tag}",
+                }
+                for tag, sha in chunk
+            ]
+        return web.json_response(body, headers=headers)
 
     async def _list_releases(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
@@ -904,6 +1289,37 @@ class FakeGitHub:
             }
         ]
 
+    async def _check_runs_for_ref(self, request: web.Request) -> web.Response:
+        """GET /commits/{ref}/check-runs: ``sophie doctor`` reads it to prove Checks: read."""
+        repo = self._repo(request)
+        ref = request.match_info["ref"]
+        base = self._base(request)
+        with self._lock:
+            runs = [r for r in self.runs.values() if r.repo == repo and ref in (r.head_sha, r.ref)]
+            checks = []
+            for run in runs[-10:]:
+                for n, name in enumerate(JOBS):
+                    status, conclusion = self._job_state(run, n)
+                    cid = run.id * 10 + n
+                    checks.append(
+                        {
+                            "id": cid,
+                            "node_id": f"CR_{cid}",
+                            "name": name,
+                            "head_sha": run.head_sha,
+                            "status": status,
+                            "conclusion": conclusion,
+                            "url": f"{base}/repos/{repo}/check-runs/{cid}",
+                            "html_url": f"https://github.com/{repo}/runs/{cid}",
+                            "details_url": None,
+                            "external_id": str(cid),
+                            "started_at": run.created_at,
+                            "completed_at": None,
+                            "pull_requests": [],
+                        }
+                    )
+        return web.json_response({"total_count": len(checks), "check_runs": checks})
+
     async def _annotations(self, request: web.Request) -> web.Response:
         repo = self._repo(request)
         with self._lock:
@@ -911,16 +1327,46 @@ class FakeGitHub:
             notices = self._notices(run, n)
         return web.json_response(notices)
 
-    def install_app(self, app_id: str, public_key_pem: str, installation_id: int) -> None:
+    def install_app(
+        self,
+        app_id: str,
+        public_key_pem: str,
+        installation_id: int,
+        permissions: dict[str, str] | None = None,
+    ) -> None:
+        """An App installation; its tokens carry ``permissions`` (default: what SOPHIE needs)."""
         with self._lock:
             self.app_keys[app_id] = public_key_pem
             self.installations[installation_id] = app_id
+            self.installation_permissions[installation_id] = dict(
+                FULL_PERMISSIONS if permissions is None else permissions
+            )
 
     async def _access_token(self, request: web.Request) -> web.Response:
         """An installation token for a JWT signed by the App's private key (RS256)."""
+        installation = int(request.match_info["installation_id"])
+        self._app_of_jwt(request, installation)
+        issued = f"ghs_{uuid.uuid4().hex}"
+        with self._lock:
+            permissions = dict(self.installation_permissions.get(installation, FULL_PERMISSIONS))
+            self.tokens.add(issued)
+            self.installation_tokens.append(issued)
+            self.token_permissions[issued] = permissions
+        expires = datetime.fromtimestamp(time.time() + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return web.json_response(
+            {
+                "token": issued,
+                "expires_at": expires,
+                "permissions": permissions,
+                "repository_selection": "all",
+            },
+            status=201,
+        )
+
+    def _app_of_jwt(self, request: web.Request, installation: int) -> str:
+        """The App whose private key signed the request's JWT (RS256), for this installation."""
         import jwt
 
-        installation = int(request.match_info["installation_id"])
         app_id = self.installations.get(installation)
         scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         if app_id is None:
@@ -933,21 +1379,169 @@ class FakeGitHub:
             raise _Fail(401, f"A JSON web token could not be decoded: {exc}") from exc
         if str(claims.get("iss")) != app_id or claims["exp"] - claims["iat"] > 600:
             raise _Fail(401, "'Expiration time' claim ('exp') is too far in the future")
-        issued = f"ghs_{uuid.uuid4().hex}"
+        return app_id
+
+    async def _installation(self, request: web.Request) -> web.Response:
+        """GET /app/installations/{id}: what the installation may do (its permissions)."""
+        installation = int(request.match_info["installation_id"])
+        app_id = self._app_of_jwt(request, installation)
         with self._lock:
-            self.tokens.add(issued)
-            self.installation_tokens.append(issued)
-        expires = datetime.fromtimestamp(time.time() + 3600, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+            permissions = dict(self.installation_permissions.get(installation, FULL_PERMISSIONS))
         return web.json_response(
             {
-                "token": issued,
-                "expires_at": expires,
-                "permissions": {"actions": "write", "deployments": "read", "contents": "read"},
+                "id": installation,
+                "app_id": int(app_id),
+                "target_id": 1,
+                "target_type": "Organization",
+                "account": None,
                 "repository_selection": "all",
-            },
-            status=201,
+                "access_tokens_url": f"{self._base(request)}/app/installations/"
+                f"{installation}/access_tokens",
+                "repositories_url": f"{self._base(request)}/installation/repositories",
+                "html_url": f"https://github.com/settings/installations/{installation}",
+                "permissions": permissions,
+                "events": ["workflow_run", "workflow_job", "deployment_status"],
+                "created_at": "2026-01-01T00:00:00Z",
+                "updated_at": "2026-01-01T00:00:00Z",
+                "single_file_name": None,
+                "app_slug": "sophie",
+                "suspended_by": None,
+                "suspended_at": None,
+            }
         )
+
+    def _commit_json(self, base: str, repo: str, commit: GitCommit) -> dict[str, Any]:
+        api = f"{base}/repos/{repo}"
+        return {
+            "sha": commit.sha,
+            "node_id": f"C_{commit.sha[:12]}",
+            "url": f"{api}/commits/{commit.sha}",
+            "html_url": f"https://github.com/{repo}/commit/{commit.sha}",
+            "comments_url": f"{api}/commits/{commit.sha}/comments",
+            "commit": {
+                "url": f"{api}/git/commits/{commit.sha}",
+                "message": commit.message,
+                "comment_count": 0,
+                "tree": {"sha": commit.sha, "url": f"{api}/git/trees/{commit.sha}"},
+            },
+            "parents": [
+                {
+                    "sha": p,
+                    "url": f"{api}/commits/{p}",
+                    "html_url": f"https://github.com/{repo}/commit/{p}",
+                }
+                for p in commit.parents
+            ],
+        }
+
+    def _file_json(self, repo: str, head: str, f: FileDiff) -> dict[str, Any]:
+        entry: dict[str, Any] = {
+            "sha": f.blob_sha,
+            "filename": f.filename,
+            "status": f.status,
+            "additions": f.additions,
+            "deletions": f.deletions,
+            "changes": f.additions + f.deletions,
+            "blob_url": f"https://github.com/{repo}/blob/{head}/{f.filename}",
+            "raw_url": f"https://github.com/{repo}/raw/{head}/{f.filename}",
+            "contents_url": f"https://api.github.com/repos/{repo}/contents/{f.filename}?ref={head}",
+        }
+        if f.patch is not None:
+            entry["patch"] = f.patch
+        if f.previous_filename is not None:
+            entry["previous_filename"] = f.previous_filename
+        return entry
+
+    async def _compare(self, request: web.Request) -> web.Response:
+        """Compare two commits (https://docs.github.com/en/rest/commits/commits#compare-two-commits).
+
+        ``BASE...HEAD``; an unknown ref or unrelated histories: 404. "When calling this
+        endpoint without any paging parameter (``per_page`` or ``page``), the returned list
+        is limited to 250 commits"; with them, commits are paged and "The list of changed
+        files is only shown on the first page of results, and it includes up to 300
+        changed files for the entire comparison."
+        """
+        repo = self._repo(request)
+        base_ref, dots, head_ref = request.match_info["basehead"].partition("...")
+        if not dots or not base_ref or not head_ref:
+            raise _Fail(404, "Not Found")
+        with self._lock:
+            try:
+                found = self.git.compare(repo, base_ref, head_ref)
+            except NotFound as exc:
+                raise _Fail(404, "Not Found") from exc
+        paged = "page" in request.query or "per_page" in request.query
+        page = max(1, int(request.query.get("page", "1")))
+        per_page = min(100, int(request.query.get("per_page", "30"))) if paged else 250
+        commits = found.ahead[(page - 1) * per_page : page * per_page]
+        base = self._base(request)
+        api = f"{base}/repos/{repo}"
+        basehead = request.match_info["basehead"]
+        head_sha = self.git.resolve(repo, head_ref).sha
+        body: dict[str, Any] = {
+            "url": f"{api}/compare/{basehead}",
+            "html_url": f"https://github.com/{repo}/compare/{basehead}",
+            "permalink_url": f"https://github.com/{repo}/compare/{found.base.sha}...{head_sha}",
+            "diff_url": f"https://github.com/{repo}/compare/{basehead}.diff",
+            "patch_url": f"https://github.com/{repo}/compare/{basehead}.patch",
+            "base_commit": self._commit_json(base, repo, found.base),
+            "merge_base_commit": self._commit_json(base, repo, found.merge_base),
+            "status": found.status,
+            "ahead_by": len(found.ahead),
+            "behind_by": found.behind_by,
+            "total_commits": len(found.ahead),
+            "commits": [self._commit_json(base, repo, c) for c in commits],
+        }
+        if page == 1:
+            body["files"] = [self._file_json(repo, head_sha, f) for f in found.files[:MAX_FILES]]
+        headers = {}
+        if paged and page * per_page < len(found.ahead):
+            query = {**request.query, "page": str(page + 1)}
+            link = f"{base}{request.path}?" + "&".join(f"{k}={v}" for k, v in query.items())
+            headers["Link"] = f'<{link}>; rel="next"'
+        return web.json_response(body, headers=headers)
 
     async def _rate_limit(self, request: web.Request) -> web.Response:
         core = {"limit": 5000, "remaining": 4999, "reset": int(time.time()) + 3600, "used": 1}
         return web.json_response({"resources": {"core": core}, "rate": core})
+
+    # -- faults at chosen calls (the fault suite) --------------------------------------
+
+    def rate_limit_at(
+        self,
+        method: str,
+        path_regex: str,
+        *,
+        status: int = 403,
+        retry_after: int | None = 1,
+        times: int = 1,
+    ) -> None:
+        """A secondary rate limit on matching requests only (e.g. the dispatch).
+
+        As GitHub documents it: "403 or 429 response and an error message that
+        indicates that you exceeded a secondary rate limit. If the retry-after
+        response header is present, you should not retry your request until after
+        that many seconds has elapsed. [...] Otherwise, wait for at least one minute"
+        (https://docs.github.com/en/rest/using-the-rest-api/rate-limits-for-the-rest-api
+        #exceeding-the-rate-limit). The primary-limit headers still show quota left,
+        which is what tells the two limits apart; ``retry_after=None`` leaves the
+        header out (GitHub does not always send it).
+        """
+        if status not in (403, 429):
+            raise ValueError("GitHub answers a secondary rate limit with 403 or 429")
+        headers = {
+            "x-ratelimit-limit": "5000",
+            "x-ratelimit-remaining": "4990",
+            "x-ratelimit-used": "10",
+            "x-ratelimit-reset": str(int(time.time()) + 3600),
+            "x-ratelimit-resource": "core",
+        }
+        if retry_after is not None:
+            headers["retry-after"] = str(retry_after)
+        message = (
+            "You have exceeded a secondary rate limit. Please wait a few minutes before "
+            "you try again."
+        )
+        fault = _Fault(method.upper(), re.compile(path_regex), status, times, headers, message)
+        with self._lock:
+            self._faults.append(fault)

@@ -49,11 +49,25 @@ def _to_json_schema(node: Any, *, keep_required: bool) -> Any:
     return out
 
 
+def _multi_segment(template: str) -> set[str]:
+    """Path parameters that may hold slashes (``x-multi-segment``, e.g. compare's
+    ``basehead``: branch names such as ``sophie/plan_x``)."""
+    entry = spec()["paths"][template]
+    params = [*entry.get("parameters", [])]
+    for method, operation in entry.items():
+        if method != "parameters" and isinstance(operation, dict):
+            params += operation.get("parameters", [])
+    return {p["name"] for p in params if p.get("in") == "path" and p.get("x-multi-segment")}
+
+
 @functools.cache
 def _templates() -> list[tuple[re.Pattern[str], str]]:
     found = []
     for template in spec()["paths"]:
-        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", re.escape(template))
+        pattern = re.escape(template)
+        for name in _multi_segment(template):
+            pattern = pattern.replace(re.escape("{" + name + "}"), ".+")
+        pattern = re.sub(r"\\\{[^}]+\\\}", "[^/]+", pattern)
         found.append((re.compile(f"^{pattern}$"), template))
     # Literal segments beat parameters (/releases/tags/{tag} before /releases/{id}).
     return sorted(found, key=lambda p: p[1].count("{"))

@@ -79,7 +79,28 @@ class Slow:
     then: Reply
 
 
-Reply: TypeAlias = Content | Refusal | HTTPError | LateError | Slow
+@dataclass(frozen=True)
+class ToolCall:
+    """One function call by the model; ``arguments`` is sent verbatim (models do send
+    invalid JSON now and then) and ``id`` is generated when empty."""
+
+    name: str
+    arguments: str
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class ToolCalls:
+    """An assistant message calling tools: ``tool_calls`` set, ``content`` null unless
+    given, ``finish_reason: "tool_calls"`` (OpenAI's chat completion object,
+    https://platform.openai.com/docs/api-reference/chat/object; OpenRouter returns the same
+    shape for every provider, https://openrouter.ai/docs/features/tool-calling)."""
+
+    calls: tuple[ToolCall, ...]
+    content: str | None = None
+
+
+Reply: TypeAlias = Content | Refusal | HTTPError | LateError | Slow | ToolCalls
 Responder: TypeAlias = Callable[[str, dict[str, Any]], Reply]
 
 
@@ -121,6 +142,19 @@ def error_mid_stream(
 
 def slow(seconds: float, then: Reply) -> Slow:
     return Slow(seconds, then)
+
+
+def tool_call(name: str, arguments: object = None, **kwargs: object) -> ToolCall:
+    """A call of ``name`` with ``kwargs`` as its JSON arguments, or ``arguments`` verbatim
+    when it is a str (to script malformed arguments), or its JSON otherwise."""
+    if isinstance(arguments, str):
+        return ToolCall(name, arguments)
+    return ToolCall(name, json.dumps(kwargs if arguments is None else arguments))
+
+
+def tool_calls(*calls: ToolCall, content: str | None = None) -> ToolCalls:
+    """The model calls ``calls`` in one turn (parallel tool calls)."""
+    return ToolCalls(tuple(calls), content)
 
 
 # --- models --------------------------------------------------------------------------
@@ -204,7 +238,8 @@ def _validate_body(body: object) -> dict[str, Any]:
         parts_ok = isinstance(text, list) and all(
             isinstance(p, dict) and isinstance(p.get("type"), str) for p in text
         )
-        if not (isinstance(text, str) or parts_ok):
+        calls_tools = message.get("role") == "assistant" and bool(message.get("tool_calls"))
+        if not (isinstance(text, str) or parts_ok or (calls_tools and text is None)):
             raise _Reject(400, f"messages[{i}].content must be a string or content parts")
     temperature = body.get("temperature")
     if temperature is not None and not (_is_number(temperature) and 0 <= temperature <= 2):
@@ -218,7 +253,106 @@ def _validate_body(body: object) -> dict[str, Any]:
         raise _Reject(400, "'stream' must be a boolean")
     if "response_format" in body:
         _validate_response_format(body["response_format"])
+    _validate_tool_use(body)
     return body
+
+
+_TOOL_NAME = re.compile(r"[a-zA-Z0-9_-]{1,64}")
+
+
+def _validate_tool_use(body: dict[str, Any]) -> None:
+    """Tool definitions, ``tool_choice``, and the assistant/tool message pairing, as OpenAI
+    documents them (https://platform.openai.com/docs/guides/function-calling): every
+    ``tool_calls`` id is answered by a ``tool`` message before anything else, and no
+    ``tool`` message answers a call that was not made. OpenRouter also wants ``tools`` on
+    every request of a tool conversation (https://openrouter.ai/docs/features/tool-calling).
+    """
+    tools = body.get("tools")
+    names: set[str] = set()
+    if tools is not None:
+        if not isinstance(tools, list) or not tools:
+            raise _Reject(400, "'tools' must be a non-empty array")
+        for i, tool in enumerate(tools):
+            fn = tool.get("function") if isinstance(tool, dict) else None
+            if (
+                not isinstance(tool, dict)
+                or tool.get("type") != "function"
+                or not isinstance(fn, dict)
+            ):
+                raise _Reject(400, f"tools[{i}] must be {{'type': 'function', 'function': {{…}}}}")
+            name = fn.get("name")
+            if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
+                raise _Reject(400, f"tools[{i}].function.name must match ^[a-zA-Z0-9_-]{{1,64}}$")
+            if name in names:
+                raise _Reject(400, f"tools[{i}].function.name {name!r} is not unique")
+            names.add(name)
+            params = fn.get("parameters", {"type": "object", "properties": {}})
+            try:
+                Draft202012Validator.check_schema(params)
+            except SchemaError as exc:
+                raise _Reject(400, f"Invalid schema for function '{name}': {exc.message}") from None
+            if not isinstance(params, dict) or params.get("type") != "object":
+                raise _Reject(400, f"Invalid schema for function '{name}': must be type object")
+    choice = body.get("tool_choice")
+    if choice is not None:
+        if tools is None:
+            raise _Reject(400, "'tool_choice' is only allowed when 'tools' are specified")
+        named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+        if choice not in ("none", "auto", "required") and named not in names:
+            raise _Reject(400, "'tool_choice' must be none, auto, required or a declared tool")
+    pending: set[str] = set()
+    used_tools = False
+    for i, message in enumerate(body["messages"]):
+        role = message.get("role")
+        if role == "tool":
+            used_tools = True
+            call_id = message.get("tool_call_id")
+            if not isinstance(call_id, str) or call_id not in pending:
+                raise _Reject(
+                    400,
+                    f"Invalid parameter: messages[{i}] with role 'tool' must be a response to a"
+                    " preceeding message with 'tool_calls'.",
+                )
+            pending.discard(call_id)
+            continue
+        if pending:
+            raise _Reject(
+                400,
+                "An assistant message with 'tool_calls' must be followed by tool messages"
+                " responding to each 'tool_call_id'. The following tool_call_ids did not have"
+                f" response messages: {', '.join(sorted(pending))}",
+            )
+        calls = message.get("tool_calls") if role == "assistant" else None
+        if calls is None:
+            continue
+        used_tools = True
+        if not isinstance(calls, list) or not calls:
+            raise _Reject(400, f"messages[{i}].tool_calls must be a non-empty array")
+        for j, call in enumerate(calls):
+            fn = call.get("function") if isinstance(call, dict) else None
+            if (
+                not isinstance(call, dict)
+                or not isinstance(call.get("id"), str)
+                or call.get("type") != "function"
+                or not isinstance(fn, dict)
+                or not isinstance(fn.get("name"), str)
+                or not isinstance(fn.get("arguments"), str)
+            ):
+                raise _Reject(
+                    400,
+                    f"messages[{i}].tool_calls[{j}] must have id, type 'function' and"
+                    " function.name and function.arguments (a string)",
+                )
+            pending.add(call["id"])
+    if pending:
+        raise _Reject(
+            400,
+            "An assistant message with 'tool_calls' must be followed by tool messages responding"
+            f" to each 'tool_call_id'. The following tool_call_ids did not have response"
+            f" messages: {', '.join(sorted(pending))}",
+        )
+    if used_tools and tools is None:
+        raise _Reject(400, "'tools' must be sent with every request of a tool conversation")
 
 
 def _validate_response_format(fmt: object) -> None:
@@ -448,6 +582,10 @@ class FakeLLM:
             return web.json_response(
                 _error_body(reply.status, reply.message), status=reply.status, headers=headers
             )
+        if isinstance(reply, ToolCalls):
+            if body.get("stream", False):
+                return await self._stream_tool_calls(request, model, body, reply)
+            return web.json_response(self._tool_completion(model, body, reply))
         if body.get("stream", False):
             return await self._stream(request, model, body, reply)
         if isinstance(reply, LateError):
@@ -510,6 +648,74 @@ class FakeLLM:
             "usage": self._usage(body, reply.text),
         }
 
+    def _call_dicts(self, reply: ToolCalls) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": c.id or f"call_{next(self._ids):08d}",
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            }
+            for c in reply.calls
+        ]
+
+    def _tool_completion(
+        self, model: str, body: dict[str, Any], reply: ToolCalls
+    ) -> dict[str, Any]:
+        calls = self._call_dicts(reply)
+        message = {
+            "role": "assistant",
+            "content": reply.content,
+            "refusal": None,
+            "tool_calls": calls,
+        }
+        return {
+            **self._envelope(model, "chat.completion"),
+            "choices": [
+                {"index": 0, "message": message, "finish_reason": "tool_calls", "logprobs": None}
+            ],
+            "usage": self._usage(body, (reply.content or "") + json.dumps(calls)),
+        }
+
+    async def _stream_tool_calls(
+        self, request: web.Request, model: str, body: dict[str, Any], reply: ToolCalls
+    ) -> web.StreamResponse:
+        """Tool calls streamed as OpenAI streams them: per call, a first delta with its
+        ``index``, ``id``, ``type`` and name, then its arguments in pieces."""
+        envelope = self._envelope(model, "chat.completion.chunk")
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+        )
+        await response.prepare(request)
+
+        async def send(delta: dict[str, Any], finish_reason: str | None = None) -> None:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish_reason}
+            await response.write(
+                f"data: {json.dumps({**envelope, 'choices': [choice]})}\n\n".encode()
+            )
+
+        await send({"role": "assistant", "content": reply.content})
+        calls = self._call_dicts(reply)
+        for index, call in enumerate(calls):
+            first = {"index": index, "id": call["id"], "type": "function"}
+            await send(
+                {
+                    "tool_calls": [
+                        {**first, "function": {"name": call["function"]["name"], "arguments": ""}}
+                    ]
+                }
+            )
+            for piece in _pieces(call["function"]["arguments"]):
+                await send({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+        await send({}, "tool_calls")
+        options = body.get("stream_options")
+        if isinstance(options, dict) and options.get("include_usage"):
+            usage = self._usage(body, (reply.content or "") + json.dumps(calls))
+            chunk = {**envelope, "choices": [], "usage": usage}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
     async def _stream(
         self,
         request: web.Request,
@@ -552,3 +758,13 @@ class FakeLLM:
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
+
+    # --- faults (the fault suite) ----------------------------------------------------
+
+    def hang(self, model: str, times: int = 1, seconds: float = 600.0) -> None:
+        """The next ``times`` requests to ``model`` get no answer for ``seconds``
+        (a provider that accepted the connection and went silent); only the
+        client's own timeout ends them. Should a client wait that long, the answer
+        is a 504, as from a gateway that gave up upstream."""
+        stuck = Slow(seconds, HTTPError(504, "upstream provider timed out"))
+        self.script(model, *([stuck] * times))

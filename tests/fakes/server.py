@@ -53,8 +53,7 @@ class ThreadedServer:
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run ``fn`` on the server's loop (for state changes that must not race handlers)."""
-        fut: asyncio.Future[Any] = asyncio.run_coroutine_threadsafe(_wrap(fn), self.loop)  # type: ignore[arg-type]
-        return fut.result(10)
+        return asyncio.run_coroutine_threadsafe(_wrap(fn), self.loop).result(10)
 
     def stop(self) -> None:
         async def _stop() -> None:

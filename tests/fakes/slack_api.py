@@ -18,6 +18,7 @@ form/query values that Slack expects as JSON (``blocks``, ``attachments``, ``vie
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import re
@@ -25,8 +26,10 @@ import threading
 from collections import defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeAlias
 
+import yaml
 from aiohttp import web
 
 from tests.fakes.blockkit import message_problems, view_problems
@@ -35,6 +38,23 @@ JSON_FIELDS = ("blocks", "attachments", "view", "metadata", "files")
 CHANNEL_RE = re.compile(r"^[CDG][A-Z0-9]{2,}$")
 TRIGGER_RE = re.compile(r"^\d+\.\d+\.[A-Za-z0-9]+$")
 TS_BASE_US = 1_700_000_000_000_000
+MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
+
+# users.conversations: each conversation type needs its own read scope
+# (https://api.slack.com/methods/users.conversations: "channels:, groups:, im: or mpim:
+# scopes corresponding to the conversation type you're working with").
+CONVERSATION_SCOPES = {
+    "public_channel": "channels:read",
+    "private_channel": "groups:read",
+    "mpim": "mpim:read",
+    "im": "im:read",
+}
+
+
+def manifest_scopes() -> set[str]:
+    """The bot scopes SOPHIE's manifest asks for: the fake grants exactly these."""
+    doc = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
+    return set(doc["oauth_config"]["scopes"]["bot"])
 
 
 class SlackError(Exception):
@@ -93,6 +113,52 @@ class Message:
         if self.edits:
             out["edited"] = {"user": self.user, "ts": self.ts}
         return out
+
+
+@dataclass
+class Conversation:
+    """A channel-like conversation and who is in it (the bot too, when it was invited)."""
+
+    id: str
+    kind: str  # "public_channel" | "private_channel" | "mpim" | "im"
+    members: set[str]
+    name: str = ""
+    archived: bool = False
+
+    def to_slack(self, team: str) -> dict[str, Any]:
+        """The limited conversation object users.conversations returns (no is_member,
+        no num_members: https://api.slack.com/methods/users.conversations)."""
+        if self.kind == "im":
+            other = sorted(self.members)[0] if self.members else ""
+            return {
+                "id": self.id,
+                "created": 1_700_000_000,
+                "is_im": True,
+                "is_org_shared": False,
+                "user": other,
+                "is_user_deleted": False,
+                "priority": 0,
+            }
+        return {
+            "id": self.id,
+            "name": self.name,
+            "name_normalized": self.name,
+            "is_channel": self.kind == "public_channel",
+            "is_group": self.kind == "private_channel",
+            "is_im": False,
+            "is_mpim": self.kind == "mpim",
+            "is_private": self.kind != "public_channel",
+            "is_archived": self.archived,
+            "is_general": False,
+            "is_shared": False,
+            "is_org_shared": False,
+            "is_ext_shared": False,
+            "context_team_id": team,
+            "created": 1_700_000_000,
+            "creator": "",
+            "topic": {"value": "", "creator": "", "last_set": 0},
+            "purpose": {"value": "", "creator": "", "last_set": 0},
+        }
 
 
 @dataclass
@@ -215,6 +281,8 @@ class FakeSlack:
         self.users: dict[str, str] = {bot_user: "sophie", **(users or {})}
         self.strict_users = users is not None  # if given, unknown users are refused
         self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
+        self.conversations: dict[str, Conversation] = {}
+        self.scopes: set[str] = manifest_scopes()
         self.lock = threading.RLock()
 
         self.messages: list[Message] = []
@@ -227,6 +295,7 @@ class FakeSlack:
         self.used_triggers: set[str] = set()
 
         self._faults: dict[str, deque[_Fault]] = defaultdict(deque)
+        self._call_faults: list[CallFault] = []  # fail_matching()
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
         self._live_views: dict[str, ViewCall] = {}  # view_id -> latest
@@ -241,6 +310,7 @@ class FakeSlack:
             "conversations.replies": self._replies,
             "users.info": self._users_info,
             "usergroups.users.list": self._usergroup_users,
+            "users.conversations": self._users_conversations,
             "views.open": self._views_open,
             "views.push": self._views_push,
             "views.update": self._views_update,
@@ -279,6 +349,26 @@ class FakeSlack:
                 if m.channel == channel
                 and (not top_level_only or m.thread_ts is None or m.thread_ts == m.ts)
             ]
+
+    def add_conversation(
+        self,
+        channel: str,
+        members: list[str],
+        kind: str = "public_channel",
+        name: str = "",
+        archived: bool = False,
+        with_bot: bool = True,
+    ) -> Conversation:
+        """A conversation for users.conversations; the bot is a member unless told not."""
+        if kind not in CONVERSATION_SCOPES or not CHANNEL_RE.match(channel):
+            raise ValueError(f"bad conversation {channel!r} of kind {kind!r}")
+        if (kind == "im") != channel.startswith("D"):
+            raise ValueError("direct messages (and only they) have ids starting with D")
+        people = set(members) | ({self.bot_user} if with_bot else set())
+        conversation = Conversation(channel, kind, people, name or channel.lower(), archived)
+        with self.lock:
+            self.conversations[channel] = conversation
+        return conversation
 
     def view(self, view_id: str) -> dict[str, Any] | None:
         """The current definition of a view (latest open/push/update/publish)."""
@@ -398,6 +488,8 @@ class FakeSlack:
             return self._refuse(method, params, request, "invalid_auth")
         with self.lock:
             fault = self._faults[method].popleft() if self._faults[method] else None
+        if fault is None:
+            fault = self._matching_fault(method, params)
         if fault is not None:
             return self._fault(method, params, request, fault)
         try:
@@ -566,7 +658,7 @@ class FakeSlack:
         ts = str(params["ts"])
         parent = self._find(channel, ts)
         if parent is None:
-            raise SlackError("thread_not_found")
+            return self._replies_under_a_persons_message(channel, ts)
         root = parent.thread_ts or parent.ts
         root_msg = self._find(channel, root)
         replies = [m for m in self.thread(channel, root) if not m.deleted]
@@ -602,6 +694,61 @@ class FakeSlack:
         if group not in self.usergroups:
             raise SlackError("no_such_subteam")
         return {"users": list(self.usergroups[group])}
+
+    def _users_conversations(self, params: dict[str, Any], request: web.Request) -> dict[str, Any]:
+        """users.conversations with a bot token (https://api.slack.com/methods/users.conversations).
+
+        "Using a bot user token, this method returns the channels and conversations your
+        bot is party to. Specifying a user parameter filters to conversations your bot
+        shares with that user." Types default to public_channel; each type needs its read
+        scope; limit is at most 1000 (default 100); cursor-paginated. Errors follow
+        Slack's conversations.* methods (invalid_types, invalid_limit, invalid_cursor,
+        missing_scope, user_not_found); unsure cases are refused.
+        """
+        raw_types = params.get("types", "public_channel")
+        types = [t.strip() for t in str(raw_types).split(",")] if raw_types != "" else []
+        if not types or any(t not in CONVERSATION_SCOPES for t in types):
+            raise SlackError("invalid_types", [f"types: {raw_types!r}"])
+        missing = sorted({CONVERSATION_SCOPES[t] for t in types} - self.scopes)
+        if missing:
+            raise SlackError("missing_scope", [f"needed: {', '.join(missing)}"])
+        try:
+            limit = int(params.get("limit", 100))
+        except (TypeError, ValueError) as exc:
+            raise SlackError("invalid_limit", ["limit must be an integer"]) from exc
+        if not 1 <= limit <= 1000:
+            raise SlackError("invalid_limit", ["limit must be between 1 and 1000"])
+        offset = 0
+        cursor = params.get("cursor") or ""
+        if cursor:
+            try:
+                kind, _, number = (
+                    base64.b64decode(str(cursor), validate=True).decode().partition(":")
+                )
+                offset = int(number)
+            except (ValueError, UnicodeDecodeError) as exc:
+                raise SlackError("invalid_cursor") from exc
+            if kind != "offset" or offset < 0:
+                raise SlackError("invalid_cursor")
+        user = params.get("user")
+        if user not in (None, "") and str(user) not in self.users and self.strict_users:
+            raise SlackError("user_not_found")
+        exclude_archived = _truthy(params.get("exclude_archived", False))
+        found = [
+            c
+            for c in self.conversations.values()
+            if c.kind in types
+            and self.bot_user in c.members
+            and (not user or str(user) in c.members)
+            and not (exclude_archived and c.archived)
+        ]
+        page = found[offset : offset + limit]
+        more = offset + limit < len(found)
+        next_cursor = base64.b64encode(f"offset:{offset + limit}".encode()).decode() if more else ""
+        return {
+            "channels": [c.to_slack(self.team) for c in page],
+            "response_metadata": {"next_cursor": next_cursor},
+        }
 
     # --- views -----------------------------------------------------------------------------
 
@@ -783,3 +930,87 @@ class FakeSlack:
             self.responses.append(Response(rid, body))
         self._record("respond", params, 200, None, "POST")
         return web.json_response({"ok": True})
+
+    # --- faults at chosen calls (the fault suite) -------------------------------------------
+
+    def fail_matching(
+        self,
+        method: str,
+        where: Callable[[dict[str, Any]], bool],
+        *,
+        status: int = 503,
+        retry_after: int = 1,
+        error: str = "internal_error",
+        nth: int = 1,
+        times: int = 1,
+    ) -> CallFault:
+        """Fail the calls to ``method`` whose arguments satisfy ``where`` (e.g. only the
+        chat.postMessage that carries the plan card), from the ``nth`` such call on,
+        ``times`` times. Nothing is posted or changed by a failed call.
+
+        ``status`` 429: rate limited as Slack documents it, HTTP 429 with a
+        ``Retry-After`` header (seconds) and ``{"ok": false, "error": "ratelimited"}``
+        (https://api.slack.com/docs/rate-limits, "Responding to rate limiting
+        conditions"). 5xx: that status with a non-JSON body, as from Slack's edge when
+        the service is unavailable (stricter than Slack's JSON errors: a client must
+        not need the body). 200: ``{"ok": false, "error": error}``, how Slack reports
+        ``internal_error`` / ``fatal_error`` / ``service_unavailable``.
+        """
+        if status == 429:
+            fault = _Fault("rate_limit", retry_after=retry_after)
+        elif status >= 500:
+            fault = _Fault("http", status=status)
+        elif status == 200:
+            fault = _Fault("fail", error=error)
+        else:
+            raise ValueError(f"status must be 200, 429 or 5xx, not {status}")
+        found = CallFault(method, where, fault, nth, times)
+        with self.lock:
+            self._call_faults.append(found)
+        return found
+
+    def _matching_fault(self, method: str, params: dict[str, Any]) -> _Fault | None:
+        with self.lock:
+            for found in self._call_faults:
+                if found.method == method and found.take(params):
+                    return found.fault
+        return None
+
+    # --- threads under a person's message -----------------------------------------------------
+
+    def _replies_under_a_persons_message(self, channel: str, ts: str) -> dict[str, Any]:
+        """conversations.replies for a thread whose parent the fake never saw: a person's
+        message (a mention starts the thread there; tests post it as an event, not through
+        this API). In Slack the parent exists; here its replies prove it did. With no
+        replies either, the thread is unknown, as Slack says."""
+        replies = [m for m in self.thread(channel, ts) if not m.deleted]
+        if not replies:
+            raise SlackError("thread_not_found")
+        out = [m.to_slack(self.bot_id, self.team) for m in replies]
+        return {"messages": out, "has_more": False, "response_metadata": {"next_cursor": ""}}
+
+
+@dataclass
+class CallFault:
+    """A fault on the calls that match; ``hits`` counts those it failed."""
+
+    method: str
+    where: Callable[[dict[str, Any]], bool]
+    fault: _Fault
+    nth: int = 1
+    times: int = 1
+    seen: int = 0
+    hits: int = 0
+
+    def take(self, params: dict[str, Any]) -> bool:
+        try:
+            matches = bool(self.where(params))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            matches = False
+        if not matches:
+            return False
+        self.seen += 1
+        if self.seen < self.nth or self.hits >= self.times:
+            return False
+        self.hits += 1
+        return True

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -123,3 +124,78 @@ async def test_models_differ_and_scripts_are_consumed_in_order(
         await client.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": "x"}]
         )
+
+
+_TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "read_file",
+            "parameters": {"type": "object", "properties": {"path": {"type": "string"}}},
+        },
+    }
+]
+
+
+async def test_tool_calls_come_back_as_openai_shapes_them(
+    served: tuple[FakeLLM, AsyncOpenAI],
+) -> None:
+    fake, client = served
+    fake.script(
+        MODEL,
+        llm_api.tool_calls(
+            llm_api.tool_call("read_file", path="a.py"), llm_api.tool_call("read_file", "{bad")
+        ),
+        llm_api.content("done"),
+    )
+    asked: Any = [{"role": "user", "content": "read a.py"}]
+    first = await client.chat.completions.create(model=MODEL, messages=asked, tools=_TOOLS)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.model_dump()["tool_calls"]
+    assert [(c["type"], c["function"]["name"]) for c in calls] == [("function", "read_file")] * 2
+    assert calls[0]["function"]["arguments"] == '{"path": "a.py"}'
+    assert calls[1]["function"]["arguments"] == "{bad"  # sent verbatim, as models sometimes do
+    assert calls[0]["id"] != calls[1]["id"]
+    answered: Any = [
+        *asked,
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        *({"role": "tool", "tool_call_id": c["id"], "content": "x = 1"} for c in calls),
+    ]
+    second = await client.chat.completions.create(model=MODEL, messages=answered, tools=_TOOLS)
+    assert second.choices[0].message.content == "done"
+
+    # Refused as OpenAI refuses them: an unanswered call, an answer to no call, no tools.
+    fake.default = llm_api.content("never")
+    broken: list[tuple[Any, Any]] = [
+        (answered[:-1], _TOOLS),
+        ([*asked, {"role": "tool", "tool_call_id": "call_x", "content": "?"}], _TOOLS),
+        (answered, openai.NOT_GIVEN),
+        (asked, [{"type": "function", "function": {"name": "read file"}}]),
+    ]
+    for messages, tools in broken:
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(model=MODEL, messages=messages, tools=tools)
+
+
+async def test_tool_calls_stream_in_pieces_the_client_can_join(
+    served: tuple[FakeLLM, AsyncOpenAI],
+) -> None:
+    fake, client = served
+    fake.script(MODEL, llm_api.tool_calls(llm_api.tool_call("read_file", path="src/app.py")))
+    stream = await client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "x"}], tools=_TOOLS, stream=True
+    )
+    names, arguments, finish = "", "", None
+    async for chunk in stream:
+        if not chunk.choices:
+            continue
+        for delta in chunk.choices[0].delta.tool_calls or []:
+            names += (delta.function.name or "") if delta.function else ""
+            arguments += (delta.function.arguments or "") if delta.function else ""
+        finish = chunk.choices[0].finish_reason or finish
+    assert (names, json.loads(arguments), finish) == (
+        "read_file",
+        {"path": "src/app.py"},
+        "tool_calls",
+    )

@@ -447,3 +447,43 @@ async def test_files_upload_v2(client: AsyncWebClient, fake: FakeSlack) -> None:
     assert up.completed and up.content == b"hello file" and up.channel_id == CHANNEL
     assert up.thread_ts == posted["ts"] and up.title == "Log"
     assert fake.rejections == []
+
+
+# --- conversations -------------------------------------------------------------------------
+
+
+async def test_users_conversations(client: AsyncWebClient, fake: FakeSlack) -> None:
+    fake.add_conversation("C0PUBLIC01", ["U1", "U2"], name="general")
+    fake.add_conversation("C0NOBOT001", ["U1"], with_bot=False)  # the bot was never invited
+    fake.add_conversation("G0PRIVATE1", ["U1"], kind="private_channel")
+    fake.add_conversation("C0ARCHIVE1", ["U1"], archived=True)
+    fake.add_conversation("D0DIRECT01", ["U1"], kind="im")
+    # Default type: public channels the bot is in; with user=, those it shares with them.
+    resp = await client.users_conversations()
+    assert {c["id"] for c in resp["channels"]} == {"C0PUBLIC01", "C0ARCHIVE1"}
+    both = await client.users_conversations(user="U2", types="public_channel,private_channel")
+    assert [c["id"] for c in both["channels"]] == ["C0PUBLIC01"]
+    assert "is_member" not in both["channels"][0] and both["channels"][0]["is_channel"]
+    live = await client.users_conversations(
+        user="U1", types="public_channel,private_channel,mpim", exclude_archived=True
+    )
+    assert {c["id"] for c in live["channels"]} == {"C0PUBLIC01", "G0PRIVATE1"}
+    # Paginated by cursor.
+    first = await client.users_conversations(user="U1", types="public_channel", limit=1)
+    cursor = first["response_metadata"]["next_cursor"]
+    second = await client.users_conversations(user="U1", types="public_channel", cursor=cursor)
+    assert len(first["channels"]) == 1 and cursor
+    assert {c["id"] for c in first["channels"] + second["channels"]} == {
+        "C0PUBLIC01",
+        "C0ARCHIVE1",
+    }
+    assert second["response_metadata"]["next_cursor"] == ""
+    # Strict: unknown types, scopes the manifest does not grant, bad limits and cursors.
+    assert (await refused(client.users_conversations(types="channels")))["error"] == "invalid_types"
+    assert (await refused(client.users_conversations(types="im")))["error"] == "missing_scope"
+    assert (await refused(client.users_conversations(limit=0)))["error"] == "invalid_limit"
+    assert (await refused(client.users_conversations(limit=1001)))["error"] == "invalid_limit"
+    assert (await refused(client.users_conversations(cursor="nope")))["error"] == "invalid_cursor"
+    assert (await refused(client.users_conversations(user="U404")))["error"] == "user_not_found"
+    with pytest.raises(ValueError):
+        fake.add_conversation("C0NOTADM01", ["U1"], kind="im")

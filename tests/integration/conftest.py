@@ -65,13 +65,22 @@ def fakes() -> Iterator[Fakes]:
 
 
 @pytest.fixture()
-async def app(fakes: Fakes, redis_url: str, tmp_path: Path) -> AsyncIterator[App]:
+def planner_url(fakes: Fakes) -> str | None:
+    """The model endpoint the ``app`` fixture uses; a module returns None from its own
+    ``planner_url`` fixture for the offline planner (deterministic cards)."""
+    return fakes.llm_server.url
+
+
+@pytest.fixture()
+async def app(
+    fakes: Fakes, redis_url: str, tmp_path: Path, planner_url: str | None
+) -> AsyncIterator[App]:
     settings = settings_for(
         redis_url,
         tmp_path / "data",
         slack_url=fakes.slack_server.url,
         github_url=fakes.github_server.url,
-        llm_url=fakes.llm_server.url,
+        llm_url=planner_url,
     )
     running = await start_app(settings)
     yield running

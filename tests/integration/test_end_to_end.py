@@ -10,6 +10,7 @@ import asyncio
 import base64
 import json
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +131,7 @@ async def test_seed_directive_from_mention_to_staging_url(app: App, fakes: Fakes
     answers = await asyncio.gather(*(app.interact(c) for c in clicks))
     assert [a.status for a in answers] == [200, 200, 200]
     await eventually(lambda: dispatched_inputs(fakes), what="the dispatch")
-    replies = [await eventually(lambda r=r: response_to(slack, r)) for r in ("a1", "b1", "a2")]
+    replies = [await eventually(partial(response_to, slack, r)) for r in ("a1", "b1", "a2")]
     assert sum("Approved and signed" in r["text"] for r in replies) == 1, replies
 
     # The card is updated in place: no buttons, who approved.
@@ -218,7 +219,7 @@ async def test_slash_command_opens_a_thread_and_dry_run_is_labelled(
 
         def opened() -> Any:
             parents = [m for m in fakes.slack.messages if m.thread_ts is None]
-            return next((m for m in parents if SEED in m.text), None)
+            return next((m for m in parents if SEED in (m.text or "")), None)
 
         parent = await eventually(opened, what="the thread SOPHIE opens")
         (card,) = await eventually(lambda: cards(fakes.slack, parent.ts), what="card")
@@ -228,7 +229,7 @@ async def test_slash_command_opens_a_thread_and_dry_run_is_labelled(
 
         def dry() -> Any:
             replies = fakes.slack.thread(CHANNEL, parent.ts)
-            return next((m for m in replies if "Dry run complete" in m.text), None)
+            return next((m for m in replies if "Dry run complete" in (m.text or "")), None)
 
         await eventually(dry, what="the dry-run result")
         assert fakes.github.dispatches == []
@@ -272,7 +273,8 @@ async def test_health_and_a_redis_outage_lose_nothing(
     health = await app.session.get(f"{app.url}/healthz")
     ready = await app.session.get(f"{app.url}/readyz")
     assert health.status == 200 and ready.status == 200
-    assert (await ready.json())["checks"] == {"redis": True, "slack": True}
+    body = await ready.json()
+    assert body["checks"] == {"redis": True, "workers": True} and body["slack"] is True
 
     redis_server.kill()
     try:

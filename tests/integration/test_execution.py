@@ -36,7 +36,7 @@ from tests.integration.test_end_to_end import (
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "whsec-test-0123456789"
-FAST = {
+FAST: dict[str, Any] = {  # overrides for the harness, which str()s them
     "SOPHIE_DISPATCH_SETTLE_SECONDS": "1",
     "SOPHIE_STATUS_EDIT_SECONDS": "0.05",
     "GITHUB_WEBHOOK_SECRET": SECRET,
@@ -84,7 +84,8 @@ class Runner:
 
     def thread_text(self, card: Any) -> str:
         return " ".join(
-            m.text + _text(m.blocks) for m in self.fakes.slack.thread(CHANNEL, card.thread_ts)
+            (m.text or "") + _text(m.blocks)
+            for m in self.fakes.slack.thread(CHANNEL, card.thread_ts)
         )
 
     def result(self, card: Any) -> Any:
@@ -92,7 +93,8 @@ class Runner:
             (
                 m
                 for m in self.fakes.slack.thread(CHANNEL, card.thread_ts)
-                if "plan `" in _text(m.blocks) and ("completed" in m.text or "failed" in m.text)
+                if "plan `" in _text(m.blocks)
+                and ("completed" in (m.text or "") or "failed" in (m.text or ""))
             ),
             None,
         )
@@ -108,7 +110,9 @@ async def runner(fakes: Fakes, redis_url: str, tmp_path: Path) -> AsyncIterator[
 
 def status_messages(fakes: Fakes, card: Any) -> list[Any]:
     return [
-        m for m in fakes.slack.thread(CHANNEL, card.thread_ts) if m.text.startswith("Workflow run")
+        m
+        for m in fakes.slack.thread(CHANNEL, card.thread_ts)
+        if (m.text or "").startswith("Workflow run")
     ]
 
 
@@ -281,8 +285,14 @@ async def test_a_failed_run_offers_rollback_to_the_last_good_deployment(
     rollback = _buttons(final.blocks)[kit.ROLLBACK]
     fakes.github.fail_job = None
 
+    # Rollback is the constitution's to allow: the requester is not an approver.
+    press = click(fakes, kit.ROLLBACK, rollback["value"], DAVE, final.ts, "rb0")
+    await app.interact(sr.in_thread(press, final.thread_ts))  # the result is in the thread
+    refused = await eventually(lambda: response_to(fakes.slack, "rb0"), what="the refusal")
+    assert "may not roll back" in refused["text"]
     started = time.monotonic()
-    await app.interact(click(fakes, kit.ROLLBACK, rollback["value"], DAVE, final.ts, "rb"))
+    press = click(fakes, kit.ROLLBACK, rollback["value"], ALICE, final.ts, "rb")
+    await app.interact(sr.in_thread(press, final.thread_ts))  # the result is in the thread
     inputs = await eventually(
         lambda: next((i for i in dispatched_inputs(fakes) if i.get("action") == "rollback"), None),
         what="the rollback dispatch",
@@ -301,7 +311,7 @@ async def test_slash_rollback_goes_back_one_good_deployment(runner: Runner, fake
     fakes.github.seed_deployment(REPO, current, "staging", "success")
     app = await runner.start()
     body = sr.command_body(
-        "rollback staging auth", DAVE, CHANNEL, f"{fakes.slack_server.url}/respond/c"
+        "rollback staging auth", ALICE, CHANNEL, f"{fakes.slack_server.url}/respond/c"
     )
     assert (await app.command(body)).status == 200
     inputs = await eventually(lambda: dispatched_inputs(fakes), what="rollback dispatch")
@@ -324,7 +334,11 @@ async def test_a_killed_worker_is_replaced_and_tracking_resumes(
 ) -> None:
     fakes.github.auto_advance = False
     app = await runner.start(worker=False)  # the web process only; workers are processes
-    env = runner.env(SOPHIE_JOB_TIMEOUT="2", SOPHIE_POLL_SECONDS="0.2")
+    env = runner.env(
+        SOPHIE_JOB_LEASE_SECONDS="2",
+        SOPHIE_WORKER_HEARTBEAT_SECONDS="0.5",
+        SOPHIE_POLL_SECONDS="0.2",
+    )
     first = _worker(env, runner.tmp / "worker-1.log")
     try:
         card = await runner.approved()
@@ -360,11 +374,14 @@ async def test_a_plan_too_large_for_inputs_travels_by_authenticated_bundle_url(
     normal = planning_model()
 
     def verbose(model: str, body: dict[str, Any]) -> Content:
-        draft = json.loads(normal(model, body).text)  # type: ignore[union-attr]
-        for n, step in enumerate(draft["steps"]):
-            step["inputs"] = [
-                {"name": f"note{i}", "value": f"{n}:{i} " + "x" * 990} for i in range(10)
-            ]
+        draft = json.loads(normal(model, body).text)
+        # Step inputs are a closed schema, so the bulk is in the descriptions: 20 steps
+        # of 990 three-byte characters each.
+        test = next(s for s in draft["steps"] if s["action"] == "test")
+        draft["steps"] += [dict(test) for _ in range(20 - len(draft["steps"]))]
+        draft["steps"] = [
+            {**step, "description": f"{n}: " + "€" * 990} for n, step in enumerate(draft["steps"])
+        ]
         return Content(json.dumps(draft))
 
     fakes.llm.default = verbose

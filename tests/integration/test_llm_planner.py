@@ -6,6 +6,7 @@ import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from openai import AsyncOpenAI
@@ -139,9 +140,9 @@ def test_the_schema_sent_is_one_strict_mode_accepts() -> None:
 MODELS = ("openai/gpt-4o-mini", "anthropic/claude-3.5-sonnet", "google/gemini-2.0-flash")
 
 
-def _seed_draft(**changes: object) -> dict[str, object]:
+def _seed_draft(**changes: object) -> dict[str, Any]:
     body = {"messages": [{"role": "user", "content": f"<directive>{SEED}</directive>"}]}
-    draft: dict[str, object] = json.loads(planning_model()("m", body).text)  # type: ignore[union-attr]
+    draft: dict[str, Any] = json.loads(planning_model()("m", body).text)
     draft.update(changes)
     return draft
 
@@ -183,9 +184,9 @@ async def test_disagreement_on_what_matters_is_shown_and_raises_approval(
 ) -> None:
     fake, server = models
     risky = _seed_draft()
-    risky["steps"] = [  # type: ignore[index]
+    risky["steps"] = [
         {"action": "db_migration", "description": "Add a sessions cache table", "inputs": []},
-        *risky["steps"],  # type: ignore[misc]
+        *risky["steps"],
     ]
     risky["risk"] = {"level": "high", "factors": [], "mitigations": []}
     fake.script(MODELS[2], llm_api.content(risky))
@@ -208,15 +209,15 @@ async def test_a_plan_outside_the_constitution_is_sent_back_with_the_reasons(
 ) -> None:
     fake, server = models
     wrong = _seed_draft()
-    wrong["steps"][-2]["inputs"] = [{"name": "environment", "value": "production"}]  # type: ignore[index]
+    wrong["steps"][-2]["inputs"] = [{"name": "environment", "value": "production"}]
     fake.script(MODELS[0], llm_api.content(wrong))
     evil = _seed_draft()
-    evil["steps"][0]["inputs"] = [{"name": "repo", "value": "evil/repo"}]  # type: ignore[index]
+    evil["steps"][0]["inputs"] = [{"name": "repo", "value": "evil/repo"}]
     fake.script(MODELS[1], llm_api.content(evil), llm_api.content(evil))
     reading = navigator.interpret(SEED, constitution)
     proposal = await _multi(server.url).propose(reading, constitution, [])
     repair = fake.completions(MODELS[0])[1].body["messages"][-1]["content"]
-    assert "environment 'production'" in repair and "the target is 'staging'" in repair
+    assert "input 'environment' = 'production' must be 'staging'" in repair
     assert any("evil/repo" in n and "unusable twice" in n for n in proposal.notes)
     assert "staging" in proposal.draft.summary
     assert len(fake.completions(MODELS[1])) == 2  # one repair, never a third try

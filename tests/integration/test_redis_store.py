@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture()
 async def store(redis_url: str) -> AsyncIterator[RedisStore]:
-    client = aioredis.from_url(redis_url)
+    client = aioredis.Redis.from_url(redis_url)
     yield RedisStore(client)
     await client.aclose()
 
@@ -132,13 +132,13 @@ async def test_audit_chain_verifies_and_detects_tampering(store: RedisStore) -> 
 async def test_state_survives_a_redis_restart(tmp_path: Path) -> None:
     server = RedisServer(tmp_path / "persistent", persistent=True).start()
     try:
-        client = aioredis.from_url(server.url)
+        client = aioredis.Redis.from_url(server.url)
         record = await new_record()
         await RedisStore(client).save_new(record)
         await client.aclose()
         server.kill()  # no graceful save: the append-only file must carry the state
         server.start()
-        client = aioredis.from_url(server.url)
+        client = aioredis.Redis.from_url(server.url)
         loaded = await RedisStore(client).load(record.plan.id)
         await client.aclose()
         assert loaded is not None and loaded.plan.digest == record.plan.digest

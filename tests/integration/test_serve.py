@@ -29,7 +29,7 @@ async def test_embedded_redis_persists_across_restarts(tmp_path: Path) -> None:
     first = EmbeddedRedis(tmp_path)
     url = await first.start()
     assert "@127.0.0.1:" in url  # password-protected, loopback only
-    client = aioredis.from_url(url)
+    client = aioredis.Redis.from_url(url)
     await client.set("sophie:test", "kept")
     await client.aclose()
     await first.stop()
@@ -37,7 +37,7 @@ async def test_embedded_redis_persists_across_restarts(tmp_path: Path) -> None:
     conf = next(tmp_path.rglob("*.conf"))
     assert conf.stat().st_mode & 0o777 == 0o600
     second = EmbeddedRedis(tmp_path)
-    client = aioredis.from_url(await second.start())
+    client = aioredis.Redis.from_url(await second.start())
     assert await client.get("sophie:test") == b"kept"
     await client.aclose()
     await second.stop()

@@ -79,6 +79,6 @@ async def test_directive_and_approval_over_socket_mode(redis_url: str, tmp_path:
         assert "/sophie" in json.dumps(help_ack.get("payload", {}))
         assert slack.rejections == []
     finally:
-        await handler.close_async()
+        await handler.close_async()  # type: ignore[no-untyped-call]  # Bolt leaves it unannotated
         await app.close()
         server.stop()

@@ -17,7 +17,7 @@ from roles import diff_engine, navigator, policies
 from roles.constitution import ConstitutionError, load_constitution
 from roles.draft import DraftInput, DraftRisk, DraftRollback, DraftStep, PlanDraft
 from roles.offline_planner import offline_draft
-from roles.plan import Action, Intent, RiskLevel
+from roles.plan import Action, Intent, RiskFactor, RiskLevel
 
 ROOT = Path(__file__).resolve().parents[2]
 SEED = "Add caching to the user authentication system and deploy to staging"
@@ -130,8 +130,8 @@ def test_out_of_hours_raises_the_risk(folder: Path) -> None:
     assert "Sun" in _factor(sunday.factors, "out-of-hours")
 
 
-def _factor(factors: list[object], fid: str) -> str:
-    return next(f.message for f in factors if getattr(f, "id", None) == fid)  # type: ignore[attr-defined]
+def _factor(factors: list[RiskFactor], fid: str) -> str:
+    return next(f.message for f in factors if f.id == fid)
 
 
 def test_sophie_plan_json_reports_verdicts_and_approval() -> None:

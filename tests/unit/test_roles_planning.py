@@ -105,9 +105,10 @@ async def test_digest_changes_with_any_edit(constitution: Constitution) -> None:
             {"deploy", "smoke_test"},
             "redeploy_previous",
         ),
-        ("roll back staging", Intent.ROLLBACK, "staging", {"rollback"}, "redeploy_previous"),
+        # A rollback is a command, not a word: in a directive it is an ordinary change.
+        ("roll back staging", Intent.FEATURE, "staging", {"code_change"}, "redeploy_previous"),
         (
-            "Build .deb and .dmg artifacts of auth",
+            "Build .deb and docker artifacts of auth",
             Intent.BUILD,
             "staging",
             {"build", "test", "build_artifact", "publish_artifact"},
@@ -158,7 +159,7 @@ async def test_common_directives(
     assert plan.rollback.strategy == rollback and plan.rollback.description
     assert not [w for w in plan.warnings if w.effect == "deny"]
     if intent == Intent.BUILD:
-        assert {"deb", "dmg"} <= set(plan.artifacts)
+        assert {"deb", "docker"} <= set(plan.artifacts)
 
 
 async def test_production_needs_supervision_with_two_approvers(constitution: Constitution) -> None:

@@ -16,7 +16,7 @@ from nacl.signing import SigningKey
 
 from bot.signer import KeyRing, keyid_for, load_keyring, public_pem
 from bot.verify import PublicKeys, verify
-from roles import anchor, diff_engine, integrator, navigator
+from roles import approvals, diff_engine, integrator, navigator
 from roles.attestation import (
     PAYLOAD_TYPE,
     EnvelopeError,
@@ -93,10 +93,12 @@ async def test_envelope_round_trip_and_statement_shape(
     pred = verified.predicate
     assert pred["approver"] == {
         "teamId": "T0SOPHIE01",
+        "enterpriseId": "",
         "userId": "U0ALICE001",
         "name": "alice",
         "groups": [],
     }
+    assert (pred["action"], pred["sha"], pred["artifacts"]) == ("deploy", "", plan.artifacts)
     assert (pred["repo"], pred["environment"], pred["ref"]) == (
         "acme/auth-service",
         "staging",
@@ -128,6 +130,11 @@ async def test_tampering_is_detected(constitution: Constitution, ring: KeyRing) 
         open_envelope(env, other)
 
 
+def _why(record: PlanRecord, constitution: Constitution, ring: Any, now: datetime) -> str | None:
+    counted = approvals.tally(record.plan, record.decisions, constitution, ring, now)
+    return None if counted.complete else counted.reason
+
+
 async def test_quorum_binds_to_plan_target_and_constitution(
     constitution: Constitution, ring: KeyRing
 ) -> None:
@@ -138,19 +145,19 @@ async def test_quorum_binds_to_plan_target_and_constitution(
         thread=Thread("C1", "1.0"),
         decisions=[decision(plan, constitution, ring, ALICE)],
     )
-    assert anchor.check_quorum(record, constitution, ring, NOW) is None
+    assert _why(record, constitution, ring, NOW) is None
     # The same approval over an edited plan no longer counts.
     edited = Plan.from_document({**plan.document(), "directive": "something else"})
     record_edited = PlanRecord(
         plan=edited, status=PlanStatus.PENDING, thread=record.thread, decisions=record.decisions
     )
-    assert "changed" in (anchor.check_quorum(record_edited, constitution, ring, NOW) or "")
+    assert "changed" in (_why(record_edited, constitution, ring, NOW) or "")
     # Expired after the time-to-live.
     later = NOW + timedelta(hours=25)
-    assert "expired" in (anchor.check_quorum(record, constitution, ring, later) or "")
+    assert "time-to-live" in (_why(record, constitution, ring, later) or "")
     # A constitution edit voids it.
     bumped = constitution.model_copy(update={"version": constitution.version + 1})
-    assert "constitution" in (anchor.check_quorum(record, bumped, ring, NOW) or "")
+    assert "constitution" in (_why(record, bumped, ring, NOW) or "")
 
 
 async def test_supervision_needs_distinct_approvers(
@@ -163,7 +170,7 @@ async def test_supervision_needs_distinct_approvers(
         thread=Thread("C1", "1.0"),
         decisions=[decision(plan, constitution, ring, ALICE)],
     )
-    assert anchor.check_quorum(one, constitution, ring, NOW) == "1 of 2 approvals"
+    assert _why(one, constitution, ring, NOW) == "1 more approver"
     two = PlanRecord(
         plan=plan,
         status=PlanStatus.PENDING,
@@ -173,21 +180,23 @@ async def test_supervision_needs_distinct_approvers(
             decision(plan, constitution, ring, BOB),
         ],
     )
-    assert anchor.check_quorum(two, constitution, ring, NOW) is None
+    assert _why(two, constitution, ring, NOW) is None
 
 
 async def test_refusals(constitution: Constitution) -> None:
     plan = await make_plan(constitution, "deploy auth to staging")
-    record = PlanRecord(plan=plan, status=PlanStatus.PENDING, thread=Thread("C1", "1.0"))
     stranger = Actor("T0SOPHIE01", "U0MALLORY9")
     assert "not an approver" in (
-        anchor.refusal(constitution, record, stranger, set(), "approve") or ""
+        approvals.may_decide(constitution, plan, [], stranger, set(), "approve") or ""
     )
     sre = Actor("T0SOPHIE01", "U0SREPERS1")
-    assert anchor.refusal(constitution, record, sre, {"S0SRETEAM1"}, "approve") is None
+    assert approvals.may_decide(constitution, plan, [], sre, {"S0SRETEAM1"}, "approve") is None
     requester_is_approver = Actor("T0SOPHIE01", "U0REQUEST1")
     assert "separation of duties" in (
-        anchor.refusal(constitution, record, requester_is_approver, {"S0SRETEAM1"}, "approve") or ""
+        approvals.may_decide(
+            constitution, plan, [], requester_is_approver, {"S0SRETEAM1"}, "approve"
+        )
+        or ""
     )
 
 
@@ -236,7 +245,7 @@ def test_generated_key_is_private_and_stable(tmp_path: Path) -> None:
 
 
 def _sslib_key(ring: KeyRing | bytes) -> Any:
-    from securesystemslib.signer import SSlibKey
+    from securesystemslib.signer._key import SSlibKey
 
     public = ring if isinstance(ring, bytes) else ring.public
     keyid = keyid_for(public)
@@ -283,7 +292,7 @@ async def test_envelopes_signed_by_securesystemslib_verify_in_sophie(
     # The other direction: our PAE and encoding match the reference implementation.
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from securesystemslib.dsse import Envelope
-    from securesystemslib.signer import CryptoSigner
+    from securesystemslib.signer._crypto_signer import CryptoSigner
 
     plan = await make_plan(constitution, "deploy auth to staging")
     statement = decision_statement(
