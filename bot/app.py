@@ -185,6 +185,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             planning_deadline_seconds=startup_checks.planning_deadline(settings),
             stuck_seconds=settings.stuck_seconds,
             reconcile_seconds=settings.reconcile_seconds,
+            model_ready=not settings.offline_planner,
         ),
     )
     bolt = _bolt(settings, slack, sophie)
@@ -271,9 +272,11 @@ def web_app(rt: Runtime) -> web.Application:
         if record is None:
             return web.json_response({"error": "no such plan"}, status=404)
         envelopes = [d.envelope for d in record.approvals]
+        change = record.run.change if record.run is not None else None
+        statement = change.statement if change is not None and change.verdict == "checked" else None
         return web.Response(
             # The constitution travels too: the workflow verifies without calling back.
-            text=integrator.bundle(record.plan, envelopes, rt.sophie.constitution()),
+            text=integrator.bundle(record.plan, envelopes, rt.sophie.constitution(), statement),
             content_type="application/json",
         )
 

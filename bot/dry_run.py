@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from roles.change_check import Change
 from roles.plan import Plan
 from roles.records import RunInfo
 
@@ -15,15 +16,24 @@ class DryRunGateway:
 
     dry_run = True
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
+    async def dispatch(
+        self, plan: Plan, inputs: dict[str, str], correlation_id: str, ref: str = ""
+    ) -> RunInfo:
         names = ", ".join(sorted(inputs))
         log.info("dry run: would dispatch %s for %s", plan.target.workflow, plan.id)
+        implement = (
+            f" The implement job would write the change steps on sophie/{plan.id}; Δ would "
+            "check that commit before anything built from it deploys."
+            if inputs.get("action") == "implement"
+            else ""
+        )
         return RunInfo(
             dry_run=True,
             status="queued",
             detail=(
-                f"Would dispatch {plan.target.workflow} on {plan.target.repo}@{plan.target.ref} "
-                f"with inputs {names}. Set GITHUB_TOKEN to execute for real."
+                f"Would dispatch {plan.target.workflow} on "
+                f"{plan.target.repo}@{ref or plan.target.ref} with inputs {names}.{implement} "
+                "Set GITHUB_TOKEN to execute for real."
             ),
         )
 
@@ -34,6 +44,12 @@ class DryRunGateway:
         self, repo: str, environment: str, current_sha: str | None
     ) -> tuple[str, str] | None:
         return None  # no deployment history without GitHub
+
+    async def compare(self, repo: str, base: str, head: str) -> Change:
+        raise RuntimeError("dry run: there is no GitHub to read a change from")
+
+    async def commit_on_default_branch(self, repo: str, sha: str, default_ref: str) -> bool:
+        return False
 
     async def refresh(self, plan: Plan, run: RunInfo) -> RunInfo:
         return RunInfo(dry_run=True, status="completed", conclusion="dry_run", detail=run.detail)

@@ -10,6 +10,7 @@ can say so in the thread and reschedule instead of blocking a worker.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import re
 import time
@@ -33,7 +34,7 @@ from roles.change_check import GITHUB_MAX_FILES, Change, ChangedFile
 from roles.integrator import correlation_in
 from roles.plan import Plan
 from roles.ports import CIRateLimited, CIUncertain
-from roles.records import Link, RunInfo
+from roles.records import Link, ProducedChange, RunInfo
 
 log = logging.getLogger("sophie.github")
 
@@ -41,6 +42,9 @@ T = TypeVar("T")
 
 # The pipeline template reports pushed images as `::notice title=sophie-image::REF`.
 IMAGE_NOTICE = "sophie-image"
+# The implement job's report (compact JSON) and, when it fails, its one-line reason.
+CHANGE_NOTICE = "sophie-change"
+IMPLEMENT_FAILURE = "sophie-implement"
 # Release assets worth linking in the thread (installers and archives).
 _ASSET_SUFFIXES = (".deb", ".rpm", ".dmg", ".pkg", ".msi", ".exe", ".zip", ".tar.gz", ".tgz")
 # How far back the deployment history is read for a rollback (each costs one request).
@@ -132,21 +136,26 @@ class GitHubGateway:
 
     # -- dispatch ---------------------------------------------------------------
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
-        return await self._call(lambda: self._dispatch(plan, inputs, correlation_id), write=True)
+    async def dispatch(
+        self, plan: Plan, inputs: dict[str, str], correlation_id: str, ref: str = ""
+    ) -> RunInfo:
+        return await self._call(
+            lambda: self._dispatch(plan, inputs, correlation_id, ref or plan.target.ref),
+            write=True,
+        )
 
-    def _dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
+    def _dispatch(
+        self, plan: Plan, inputs: dict[str, str], correlation_id: str, ref: str
+    ) -> RunInfo:
         repo = self.gh.get_repo(plan.target.repo)
         workflow = repo.get_workflow(plan.target.workflow)
         try:
-            run = workflow.create_dispatch(
-                plan.target.ref, inputs=inputs, throw=True, return_run_details=True
-            )
+            run = workflow.create_dispatch(ref, inputs=inputs, throw=True, return_run_details=True)
         except GithubException as exc:
             if not _unsupported_run_details(exc):
                 raise
             log.info("no run details from this GitHub (GHES?); finding the run by correlation")
-            workflow.create_dispatch(plan.target.ref, inputs=inputs, throw=True)
+            workflow.create_dispatch(ref, inputs=inputs, throw=True)
             return RunInfo(dry_run=False, status="queued", correlation_id=correlation_id)
         if not isinstance(run, WorkflowRun):
             return RunInfo(dry_run=False, status="queued", correlation_id=correlation_id)
@@ -208,7 +217,14 @@ class GitHubGateway:
             ]
             info.staging_url = self._environment_url(repo, plan, run)
             info.release_assets = self._release_assets(repo, run.head_sha)
-            info.images = self._images(repo, run)
+            notices = self._notices(repo, run)
+            info.images = list(dict.fromkeys(notices.get(IMAGE_NOTICE, [])))[:10]
+            if previous.phase == "implement":
+                info.phase = "implement"
+                info.change = produced_change(notices.get(CHANGE_NOTICE, []))
+                failures = notices.get(IMPLEMENT_FAILURE, [])
+                if failures:
+                    info.detail = failures[0][:500]
         return info
 
     @staticmethod
@@ -260,22 +276,23 @@ class GitHubGateway:
         return fallback
 
     @staticmethod
-    def _images(repo: Any, run: WorkflowRun) -> list[str]:
-        """Container images the workflow reported as ``::notice title=sophie-image::REF``."""
-        images: list[str] = []
+    def _notices(repo: Any, run: WorkflowRun) -> dict[str, list[str]]:
+        """The annotations the workflow's jobs printed (``::notice title=T::message``, and
+        ``::error`` for the implement job's reason), by title: images, the produced change."""
+        found: dict[str, list[str]] = {}
         try:
             for n, job in enumerate(run.jobs()):
-                if n >= 10 or job.conclusion != "success" or not job.check_run_url:
+                if n >= 10 or job.conclusion not in ("success", "failure") or not job.check_run_url:
                     continue
                 check_run = repo.get_check_run(int(job.check_run_url.rstrip("/").rsplit("/", 1)[1]))
                 if not check_run.output or not check_run.output.annotations_count:
                     continue
-                for note in check_run.get_annotations():
-                    if note.title == IMAGE_NOTICE and note.message:
-                        images.append(note.message.strip()[:300])
+                for note in islice(check_run.get_annotations(), 50):
+                    if note.title and note.message:
+                        found.setdefault(note.title, []).append(note.message.strip()[:20_000])
         except GithubException as exc:
             log.warning("could not read check-run annotations: %s", exc.status)
-        return list(dict.fromkeys(images))[:10]
+        return found
 
     @staticmethod
     def _release_assets(repo: Any, sha: str) -> list[Link]:
@@ -450,3 +467,32 @@ def _status(value: str) -> Any:
     if value in ("queued", "requested", "waiting", "pending"):
         return "queued"
     return "in_progress"
+
+
+def produced_change(reports: list[str]) -> ProducedChange | None:
+    """The implement job's ``sophie-change`` report, or None if it sent none we can read.
+
+    Only its shape is trusted: Δ reads the change itself from GitHub before anything
+    built from it deploys, and the commit must be a full sha.
+    """
+    for raw in reports:
+        try:
+            doc = json.loads(raw)
+            tests = doc.get("tests") or {}
+            change = ProducedChange(
+                branch=str(doc["branch"])[:255],
+                commit=str(doc["commit"]),
+                base=str(doc["base"]),
+                pull_request=str(doc.get("pull_request") or "")[:500],
+                files=int(doc.get("files", 0)),
+                additions=int(doc.get("additions", 0)),
+                deletions=int(doc.get("deletions", 0)),
+                tests_command=str(tests.get("command") or "")[:300],
+                tests_passed=tests.get("passed") if isinstance(tests.get("passed"), bool) else None,
+                tests_summary=str(tests.get("summary") or "")[:300],
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            continue
+        if _SHA.fullmatch(change.commit) and _SHA.fullmatch(change.base):
+            return change
+    return None

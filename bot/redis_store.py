@@ -25,6 +25,7 @@ from roles.records import (
     Link,
     PlanRecord,
     PlanStatus,
+    ProducedChange,
     RunInfo,
     SlotClaim,
     Thread,
@@ -201,6 +202,8 @@ def run_from_json(raw: str) -> RunInfo:
     data: dict[str, Any] = json.loads(raw)
     data["artifacts"] = [Link(**a) for a in data.get("artifacts", [])]
     data["release_assets"] = [Link(**a) for a in data.get("release_assets", [])]
+    if data.get("change") is not None:
+        data["change"] = ProducedChange.from_json(data["change"])
     return RunInfo(**data)
 
 

@@ -169,6 +169,17 @@ class SlackNotifier:
             unfurl_media=False,
         )
 
+    async def post_change(self, record: PlanRecord) -> None:
+        text, body = blocks.change(record)
+        await self.client.chat_postMessage(
+            channel=record.thread.channel,
+            thread_ts=record.thread.thread_ts,
+            text=text,
+            blocks=body,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+
     async def post_text(self, thread: Thread, text: str) -> None:
         await self.client.chat_postMessage(
             channel=thread.channel,

@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from handlers.text import escape, truncate, user
+from roles import what_runs
 from roles.approvals import still_needed
 from roles.plan import ApprovalLevel, Plan, RiskLevel
 from roles.plan_diff import PlanDiff
-from roles.records import DeployLock, PlanRecord, PlanStatus
+from roles.records import DeployLock, PlanRecord, PlanStatus, ProducedChange
 
 Block = dict[str, Any]
 
@@ -70,9 +71,19 @@ def approval_text(plan: Plan) -> str:
     return "autonomous: runs at once"
 
 
+_EFFECT = {
+    "implemented": "written by the implementer on `sophie/{id}`",
+    "performed": "run by the pipeline",
+    "descriptive": "describes only: nothing runs it",
+}
+
+
 def _steps(plan: Plan) -> str:
+    """Each step says what happens to it, so approvers know what actually runs."""
     lines = [
-        f"{i}. `{s.action.value}` {escape(s.description, 240)}" for i, s in enumerate(plan.steps, 1)
+        f"{i}. `{s.action.value}` {escape(s.description, 200)} "
+        f"_({_EFFECT[what_runs.step_effect(plan.target, s.action)].format(id=plan.id)})_"
+        for i, s in enumerate(plan.steps, 1)
     ]
     return truncate("*Steps*\n" + "\n".join(lines), 3000)
 
@@ -135,6 +146,7 @@ def card(
             ],
         },
         *_assumption_blocks(plan),
+        *_implement_blocks(plan),
         _section(_steps(plan)),
         _section(_risk(plan)),
         _section(
@@ -167,11 +179,21 @@ def card(
 def what_runs_text(plan: Plan) -> str:
     """What the workflow is told to do: the kernel's answer, never a model's."""
     t = plan.target
+    ref = escape(t.ref, 100)
     if t.action == "rollback":
         return f"`{t.workflow}` · rollback to `{t.sha[:12]}`"
+    then = "build its artifacts" if t.action == "build" else "deploy it"
+    if t.implement:
+        return f"`{t.workflow}` · implement on `sophie/{plan.id}` from `{ref}`, Δ checks, {then}"
     if t.action == "build":
-        return f"`{t.workflow}` · build artifacts only"
-    return f"`{t.workflow}` · deploy `{escape(t.ref, 100)}`"
+        return f"`{t.workflow}` · build `{ref}` as it is (artifacts only)"
+    return f"`{t.workflow}` · deploy `{ref}` as it is (its head when the run starts)"
+
+
+def _implement_blocks(plan: Plan) -> list[Block]:
+    """A plan whose change steps will not be written must say so where approvers look."""
+    why = next((w.message for w in plan.warnings if w.id == "implement.unavailable"), "")
+    return [_section(f":warning: {escape(why, 600)}")] if why else []
 
 
 def _assumption_blocks(plan: Plan) -> list[Block]:
@@ -272,6 +294,10 @@ def run_status(record: PlanRecord) -> tuple[str, list[Block]]:
         )
         return "Dry run: nothing was dispatched", [_section(text)]
     link = f"<{run.html_url}|run {run.run_id}>" if run.html_url else f"run {run.run_id}"
+    if run.phase == "implement":
+        link += " (implementing the change)"
+    elif run.change is not None:
+        link += f" (deploying `{run.change.commit[:12]}`)"
     if run.status == "queued":
         line = f"⏳ Workflow {link} is queued"
     elif run.status == "in_progress":
@@ -297,6 +323,8 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
             "but nothing ran because GITHUB_TOKEN is not set."
         )
         return "Dry run complete", [_section(text)]
+    if run.phase == "implement":
+        return _implement_result(record)
     ok = run.succeeded
     status = "completed" if ok else "failed"
     lines = [
@@ -320,6 +348,8 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
         )
     if run.images:
         lines.append("*Images:* " + ", ".join(f"`{escape(i, 200)}`" for i in run.images[:10]))
+    if run.change is not None:
+        lines.append(f"*Change:* {_change_line(run.change)}")
     if not ok and run.failing_job:
         where = escape(run.failing_job, 100)
         if run.failing_step:
@@ -351,8 +381,70 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
     return fallback, body
 
 
+def _change_line(change: ProducedChange) -> str:
+    pr = _link(change.pull_request, "pull request") if change.pull_request else "no pull request"
+    return (
+        f"{pr} · `{change.commit[:12]}` on `{escape(change.branch, 120)}` · "
+        f"{change.files} file{'s' if change.files != 1 else ''} +{change.additions} "
+        f"−{change.deletions}"
+    )
+
+
+def change(record: PlanRecord) -> tuple[str, list[Block]]:
+    """The produced change and Δ's verdict on it, before anything built from it deploys."""
+    run = record.run
+    assert run is not None and run.change is not None
+    c = run.change
+    if c.tests_passed is None:
+        tests = "not reported"
+    else:
+        tests = f"{'passed' if c.tests_passed else 'FAILED'}: {escape(c.tests_summary, 200)}"
+        if c.tests_command:
+            tests += f" (`{escape(c.tests_command, 120)}`)"
+    files = "\n".join(
+        f"• `{escape(path, 150)}` +{plus} −{minus}" for path, plus, minus in c.file_list[:15]
+    )
+    if len(c.file_list) > 15:
+        files += f"\n• … and {len(c.file_list) - 15} more"
+    if c.verdict == "checked":
+        head = f"🔎 *Δ checked the change* for `{record.plan.id}`: it stays within the plan."
+        fallback = f"Δ checked the change of {record.plan.id}"
+    else:
+        head = f"⛔ *Δ refused the change* for `{record.plan.id}`: {escape(c.reason, 900)}"
+        fallback = f"Δ refused the change of {record.plan.id}: nothing deploys"
+    lines = [head, f"*Change:* {_change_line(c)}", f"*Tests:* {tests}"]
+    if files:
+        lines.append(files)
+    if c.verdict != "checked":
+        lines.append("Nothing built from this commit deploys.")
+    return fallback, [_section(truncate("\n".join(lines), 3000))]
+
+
+def _implement_result(record: PlanRecord) -> tuple[str, list[Block]]:
+    """How an implement run ended when nothing was deployed after it."""
+    run = record.run
+    assert run is not None
+    plan = record.plan
+    log = f" — {_link(run.log_url, 'log')}" if run.log_url else ""
+    dashboard = _link(run.html_url, "run") if run.html_url else "the run"
+    if not run.succeeded:
+        why = escape(run.detail or record.note or "the implement job failed", 900)
+        text = f"❌ *Implementing the change failed* · plan `{plan.id}`: {why}{log}"
+        return f"Plan {plan.id}: implementing the change failed", [
+            _section(truncate(f"{text}\nNothing was deployed. See {dashboard}.", 3000))
+        ]
+    c = run.change
+    why = escape(record.note or "the change was not deployed", 900)
+    lines = [f"⏸️ *Not deployed* · plan `{plan.id}`: {why}"]
+    if c is not None:
+        lines.append(f"*Change:* {_change_line(c)}")
+    return f"Plan {plan.id}: not deployed", [_section(truncate("\n".join(lines), 3000))]
+
+
 def rollback_offered(record: PlanRecord) -> bool:
     """Deployments can be rolled back (rollbacks themselves are undone by a new deploy)."""
+    if record.run is not None and record.run.phase == "implement":
+        return False  # the change was not deployed: there is nothing to roll back
     actions = {s.action.value for s in record.plan.steps}
     return "deploy" in actions and "rollback" not in actions
 

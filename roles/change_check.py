@@ -623,3 +623,24 @@ def deploy_allowed(environment_rule: EnvironmentRule, status: ChangeStatus) -> s
         "This environment deploys only reviewed code: merge the pull request (so the commit "
         "is on the default branch) or approve the diff on a second card"
     )
+
+
+def branch_for(plan_id: str) -> str:
+    """The branch a plan's change is implemented on."""
+    return f"sophie/{plan_id}"
+
+
+def report_problem(plan_id: str, branch: str, base: str, run_head: str | None) -> str | None:
+    """Why an implement job's own account of its change cannot be used, or None.
+
+    The branch is the plan's, and the base is the commit GitHub says the implement run
+    started from (a job that names another base would have Δ read a smaller diff).
+    """
+    if branch != branch_for(plan_id):
+        return f"the change was reported on {branch[:100]!r}, not on {branch_for(plan_id)}"
+    if run_head and base != run_head:
+        return (
+            f"the change is built on {base[:12]}, not on {run_head[:12]} "
+            "where the implement run started"
+        )
+    return None

@@ -66,7 +66,8 @@ class EnvironmentRule(_Closed):
 class Implementer(_Closed):
     """Who writes the code for a plan's change steps, in the pipeline's implement job."""
 
-    kind: Literal["sophie", "command", "action"] = "sophie"
+    # "none": change steps are never implemented here (the ref deploys as it is).
+    kind: Literal["sophie", "command", "action", "none"] = "sophie"
     # kind "command": run with the plan file's path as $SOPHIE_PLAN_FILE;
     # kind "action": the `uses:` of an Action given the plan file as its task.
     run: str | None = None

@@ -118,11 +118,18 @@ def assess_risk(
     return Risk(level=level, score=score, factors=factors, mitigations=draft.risk.mitigations)
 
 
-def request_for(reading: Reading, rollback_to: tuple[str, str] | None = None) -> what_runs.Request:
+def request_for(
+    reading: Reading,
+    rollback_to: tuple[str, str] | None = None,
+    draft: PlanDraft | None = None,
+    model_ready: bool = False,
+) -> what_runs.Request:
     if reading.intent == Intent.ROLLBACK:
         sha, ref = rollback_to or ("", "")
         return what_runs.Request("rollback", True, sha, ref)
-    return what_runs.Request("directive", reading.deploys, ref=reading.ref)
+    actions = [s.action for s in draft.steps] if draft is not None else []
+    implement, _ = what_runs.implements(reading.repo, actions, model_ready)
+    return what_runs.Request("directive", reading.deploys, ref=reading.ref, implement=implement)
 
 
 def derive(
@@ -130,15 +137,17 @@ def derive(
     reading: Reading,
     constitution: Constitution,
     rollback_to: tuple[str, str] | None = None,
+    model_ready: bool = False,
 ) -> what_runs.Derived:
-    """What runs for this reading: the kernel's answer (the draft adds only artifacts)."""
+    """What runs for this reading: the kernel's answer (the draft adds only artifacts,
+    and whether there are change steps to implement)."""
     requested = list(dict.fromkeys([*reading.artifacts, *draft.artifacts]))
     return what_runs.derive(
         constitution,
         reading.repo,
         reading.environment,
         requested,
-        request_for(reading, rollback_to),
+        request_for(reading, rollback_to, draft, model_ready),
     )
 
 
@@ -317,11 +326,26 @@ def evaluate(
     disagreements: list[str] | None = None,
     now: datetime | None = None,
     rollback_to: tuple[str, str] | None = None,
+    model_ready: bool = False,
 ) -> Verdict:
-    runs = derive(draft, reading, constitution, rollback_to)
+    runs = derive(draft, reading, constitution, rollback_to, model_ready)
     risk = assess_risk(draft, reading, constitution, now)
     approval = decide_approval(reading, risk, constitution, confidence, disagreements or [], now)
     warnings = [p for p in reading.problems if p.effect == "warn"]
+    if reading.intent != Intent.ROLLBACK:
+        actions = [s.action for s in draft.steps]
+        _, why_not = what_runs.implements(reading.repo, actions, model_ready)
+        if why_not:
+            warnings.append(
+                RuleHit(
+                    id="implement.unavailable",
+                    message=(
+                        f"The change steps cannot be implemented: {why_not}. Approving "
+                        f"deploys {runs.target.ref} as it is; the change steps only describe"
+                    ),
+                    effect="warn",
+                )
+            )
     denials = _denials(draft, reading, constitution, runs)
     try:
         verdicts = policies.evaluate(

@@ -23,7 +23,7 @@ from roles.plan import (
     Step,
 )
 from roles.ports import Proposal
-from roles.records import Actor
+from roles.records import Actor, ProducedChange
 
 # GitHub's limits for workflow_dispatch inputs.
 MAX_INPUTS = 25
@@ -133,6 +133,8 @@ def workflow_inputs(
     bundle_url: str | None,
     correlation_id: str = "",
     constitution: Constitution | None = None,
+    implementing: bool = False,
+    change: ProducedChange | None = None,
 ) -> dict[str, str]:
     """The workflow_dispatch inputs for a plan, within GitHub's size limits.
 
@@ -145,6 +147,11 @@ def workflow_inputs(
     the bot for the same bundle. A workflow may define only 10 inputs (GitHub
     Enterprise Server; actionlint), so the constitution rides in ``bundle_url`` as a
     ``data:`` URL (RFC 2397): the bundle, inline.
+
+    A plan that implements runs twice: ``implementing`` asks the pipeline to write the
+    change (action ``implement``); then the run that builds and deploys the checked
+    ``change`` gets its commit as ``deploy_sha`` and its signed change statement in the
+    bundle, which the workflow verifies with the approvals.
     """
     target = plan.target
     inputs = {
@@ -156,13 +163,20 @@ def workflow_inputs(
         "plan": _b64(plan.document()),
         "envelopes": _b64(envelopes),
     }
+    if implementing:
+        inputs["action"] = "implement"
+    statement = change.statement if change is not None and not implementing else None
     if constitution is not None:
-        inline = {"constitution": constitution_bundle(constitution)}
+        inline: dict[str, Any] = {"constitution": constitution_bundle(constitution)}
+        if statement is not None:
+            inline["change"] = statement
         inputs["bundle_url"] = "data:application/json;base64," + _b64(inline)
     if correlation_id:
         inputs["correlation_id"] = correlation_id
     if target.sha:
         inputs["deploy_sha"] = target.sha
+    if statement is not None and change is not None:
+        inputs["deploy_sha"] = change.commit
     if len(json.dumps(inputs)) > MAX_INPUT_CHARS:
         if bundle_url is None:
             raise ValueError("plan and envelopes exceed GitHub's input limit and no bundle URL")
@@ -174,10 +188,15 @@ def workflow_inputs(
 
 
 def bundle(
-    plan: Plan, envelopes: list[dict[str, Any]], constitution: Constitution | None = None
+    plan: Plan,
+    envelopes: list[dict[str, Any]],
+    constitution: Constitution | None = None,
+    change_statement: dict[str, Any] | None = None,
 ) -> str:
     """The JSON a workflow fetches from the bundle URL."""
     doc: dict[str, Any] = {"plan": plan.document(), "envelopes": envelopes}
     if constitution is not None:
         doc["constitution"] = constitution_bundle(constitution)
+    if change_statement is not None:
+        doc["change"] = change_statement
     return json.dumps(doc, sort_keys=True)

@@ -132,6 +132,9 @@ class Target(_Closed):
     action: WorkflowAction = "deploy"
     # The exact commit a rollback restores (from the deployment history); "" = the ref's head.
     sha: Sha = ""
+    # The pipeline implements the plan's change steps on ``sophie/<plan id>`` before it
+    # builds; False: the change steps are descriptive and the ref deploys as it is.
+    implement: bool = False
 
 
 class Step(_Closed):

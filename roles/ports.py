@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from roles.change_check import Change
 from roles.constitution import Constitution
 from roles.draft import PlanDraft
 from roles.navigator import Reading
@@ -161,8 +162,11 @@ class CIUncertain(Exception):
 class CIGateway(Protocol):
     dry_run: bool
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
-        """Start the workflow; the run can later be found by ``correlation_id``."""
+    async def dispatch(
+        self, plan: Plan, inputs: dict[str, str], correlation_id: str, ref: str = ""
+    ) -> RunInfo:
+        """Start the workflow on ``ref`` (default: the plan's); the run can later be found
+        by ``correlation_id``. The run that deploys a generated change runs on its branch."""
         ...
 
     async def find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
@@ -177,6 +181,14 @@ class CIGateway(Protocol):
         """(sha, ref) of the newest successful deployment older than the current one."""
         ...
 
+    async def compare(self, repo: str, base: str, head: str) -> Change:
+        """What commit ``head`` changed relative to ``base`` (for Δ)."""
+        ...
+
+    async def commit_on_default_branch(self, repo: str, sha: str, default_ref: str) -> bool:
+        """Whether ``sha`` is on ``default_ref`` (merged after review)."""
+        ...
+
 
 class Notifier(Protocol):
     async def open_thread(self, channel: str, requester: str, text: str) -> Thread: ...
@@ -189,6 +201,10 @@ class Notifier(Protocol):
     async def update_card(self, record: PlanRecord, context: CardContext) -> None: ...
     async def post_run_status(self, record: PlanRecord) -> str | None: ...
     async def post_result(self, record: PlanRecord) -> None: ...
+    async def post_change(self, record: PlanRecord) -> None:
+        """The produced change in the thread: pull request, files ±, tests, Δ's verdict."""
+        ...
+
     async def post_text(self, thread: Thread, text: str) -> None: ...
     async def tell_user(self, thread: Thread, user_id: str, text: str) -> None: ...
     async def card_gone(self, channel: str, card_ts: str, plan_id: str) -> None:

@@ -97,6 +97,36 @@ class Link:
 
 
 @dataclass
+class ProducedChange:
+    """What the implement job reported (the ``sophie-change`` notice) and Δ's verdict on it."""
+
+    branch: str
+    commit: str
+    base: str
+    pull_request: str = ""
+    files: int = 0
+    additions: int = 0
+    deletions: int = 0
+    tests_command: str = ""
+    tests_passed: bool | None = None
+    tests_summary: str = ""
+    # "reported" by the job; "checked" (Δ passed it and signed the change statement) or
+    # "refused" (``reason`` says why; nothing built from it deploys).
+    verdict: Literal["reported", "checked", "refused"] = "reported"
+    reason: str = ""
+    change_digest: str = ""
+    statement: dict[str, Any] | None = None  # the signed change statement (DSSE envelope)
+    on_default_branch: bool = False  # merged after review when Δ checked it
+    file_list: list[tuple[str, int, int]] = field(default_factory=list)  # path, +, −
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProducedChange:
+        data = dict(data)
+        data["file_list"] = [tuple(f) for f in data.get("file_list", [])]
+        return cls(**data)
+
+
+@dataclass
 class RunInfo:
     dry_run: bool
     status: Literal["queued", "in_progress", "completed"]
@@ -124,6 +154,11 @@ class RunInfo:
     shown: str = ""  # the state the status message shows (edits are rate limited)
     images: list[str] = field(default_factory=list)
     release_assets: list[Link] = field(default_factory=list)
+    # "implement": the run that writes the plan's change (then Δ checks it); "run": the
+    # run that builds and deploys (or rolls back).
+    phase: Literal["implement", "run"] = "run"
+    # The produced change, from the implement run on: carried into the run that deploys it.
+    change: ProducedChange | None = None
 
     def signature(self) -> str:
         """What the status message would show; an edit is due when this changes."""

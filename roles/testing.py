@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from roles import jobs
+from roles.change_check import Change
 from roles.constitution import Constitution
 from roles.plan import Plan
 from roles.ports import CardContext, CIRateLimited, CIUncertain
@@ -25,6 +26,7 @@ from roles.records import (
     DeployLock,
     PlanRecord,
     PlanStatus,
+    ProducedChange,
     RunInfo,
     SlotClaim,
     Thread,
@@ -291,11 +293,16 @@ class ManualScheduler:
     def names(self) -> list[str]:
         return [q.name for q in self.queued]
 
-    async def run_due(self, sophie: Any, *, rounds: int = 50) -> list[str]:
-        """Run every job that is due (and those they queue), in order; the names run."""
+    async def run_due(
+        self, sophie: Any, *, rounds: int = 50, only: set[str] | None = None
+    ) -> list[str]:
+        """Run every job that is due (and those they queue), in order; the names run.
+        ``only``: run just the jobs of these names (to act between two steps)."""
         ran: list[str] = []
         for _ in range(rounds):
-            due = [q for q in self.queued if q.due <= self.clock()]
+            due = [
+                q for q in self.queued if q.due <= self.clock() and (only is None or q.name in only)
+            ]
             if not due:
                 return ran
             job = min(due, key=lambda q: q.due)
@@ -349,6 +356,11 @@ class RecordingNotifier:
     async def post_result(self, record: PlanRecord) -> None:
         self.posted.append(Posted("result", record.thread, "", record.plan.id, record.status.value))
 
+    async def post_change(self, record: PlanRecord) -> None:
+        change = record.run.change if record.run else None
+        verdict = change.verdict if change else ""
+        self.posted.append(Posted("change", record.thread, verdict, record.plan.id))
+
     async def post_text(self, thread: Thread, text: str) -> None:
         self.posted.append(Posted("text", thread, text))
 
@@ -383,8 +395,23 @@ class ScriptedCI:
         self.dispatched: list[dict[str, str]] = []
         self.looks: dict[int, int] = {}
         self.history: dict[tuple[str, str], list[tuple[str, str]]] = {}
+        # Implement runs: what the job reports, or None (it fails with ``implement_failure``).
+        self.change_report: ProducedChange | None = None
+        self.implement_failure = "the tests failed: 1 failed, 2 passed"
+        # compare(base, head) answers; commits on the default branch.
+        self.changes: dict[tuple[str, str], Change] = {}
+        self.merged: set[str] = set()
+        self.refs: list[str] = []  # the ref of each dispatch
 
-    async def dispatch(self, plan: Plan, inputs: dict[str, str], correlation_id: str) -> RunInfo:
+    async def compare(self, repo: str, base: str, head: str) -> Change:
+        return self.changes[(base, head)]
+
+    async def commit_on_default_branch(self, repo: str, sha: str, default_ref: str) -> bool:
+        return sha in self.merged
+
+    async def dispatch(
+        self, plan: Plan, inputs: dict[str, str], correlation_id: str, ref: str = ""
+    ) -> RunInfo:
         if self.failures:
             kind = self.failures.pop(0)
             if kind == "429":
@@ -393,6 +420,7 @@ class ScriptedCI:
                 raise CIUncertain("HTTP 502")
             raise ValueError("HTTP 422: the workflow refused the inputs")
         self.dispatched.append(dict(inputs))
+        self.refs.append(ref or plan.target.ref)
         run_id = len(self.dispatched)
         return RunInfo(dry_run=False, status="queued", run_id=run_id, head_sha="f" * 40)
 
@@ -407,6 +435,16 @@ class ScriptedCI:
         seen = self.looks[run.run_id] = self.looks.get(run.run_id, 0) + 1
         if seen < self.polls:
             return replace(run, status="in_progress")
+        if self.dispatched[run.run_id - 1].get("action") == "implement":
+            report = self.change_report
+            return replace(
+                run,
+                status="completed",
+                conclusion="success" if report else "failure",
+                change=replace(report) if report else None,
+                detail="" if report else self.implement_failure,
+                failing_job=None if report else "Implement the change",
+            )
         return replace(run, status="completed", conclusion=self.conclusion)
 
     async def rollback_target(

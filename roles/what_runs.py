@@ -11,11 +11,12 @@ plan at the dispatch gate.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Literal
 
+from roles.change_check import CHANGE_ACTIONS
 from roles.constitution import Constitution, RepoRule
 from roles.draft import DraftStep
 from roles.plan import Action, Intent, Plan, RuleHit, Target, WorkflowAction
@@ -35,6 +36,8 @@ class Request:
     rollback_ref: str = ""
     # A directive that named a ref (checked against the constitution); "" = the default.
     ref: str = ""
+    # The plan's change steps are to be implemented by the pipeline (see :func:`implements`).
+    implement: bool = False
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,7 @@ def derive(
 ) -> Derived:
     refusals: list[RuleHit] = []
     action: WorkflowAction
+    implement = False
     if request.kind == "rollback":
         action, sha, ref = "rollback", request.rollback_sha, request.rollback_ref
         artifacts: tuple[str, ...] = ()  # a rollback redeploys what was built then
@@ -74,6 +78,7 @@ def derive(
     else:
         action = "deploy" if request.deploys else "build"
         sha, ref = "", request.ref or repo.default_ref
+        implement = request.implement and repo.implementer.kind != "none"
         allowed = set(repo.artifacts)
         artifacts = tuple(dict.fromkeys(requested_artifacts))
         for name in artifacts:
@@ -105,6 +110,7 @@ def derive(
         workflow=repo.workflow,
         action=action,
         sha=sha,
+        implement=implement,
     )
     return Derived(target=target, artifacts=artifacts, refusals=refusals)
 
@@ -114,7 +120,47 @@ def request_of(plan: Plan) -> Request:
     t = plan.target
     if plan.interpretation.intent == Intent.ROLLBACK:
         return Request("rollback", True, t.sha, t.ref)
-    return Request("directive", t.action == "deploy", ref=t.ref)
+    return Request("directive", t.action == "deploy", ref=t.ref, implement=t.implement)
+
+
+def implements(repo: RepoRule, actions: Iterable[Action], model_ready: bool) -> tuple[bool, str]:
+    """Whether the pipeline implements a plan's change steps, and if not, why (for the card).
+
+    Only steps that change the repository are implemented; the repo's implementer
+    decides who writes them, and SOPHIE's own implementer needs a model. A plan whose
+    change steps cannot be implemented deploys its ref as it is, and its card says so.
+    """
+    if not any(a in CHANGE_ACTIONS for a in actions):
+        return False, ""
+    if repo.implementer.kind == "none":
+        return False, f"the constitution implements no changes in {repo.name}"
+    if repo.implementer.kind == "sophie" and not model_ready:
+        return False, "no model is configured (set SOPHIE_LLM_API_KEY)"
+    return True, ""
+
+
+StepEffect = Literal["implemented", "performed", "descriptive"]
+
+_PERFORMED_BY: dict[Action, tuple[WorkflowAction, ...]] = {
+    Action.BUILD: ("deploy", "build"),
+    Action.BUILD_ARTIFACT: ("deploy", "build"),
+    Action.PUBLISH_ARTIFACT: ("deploy", "build"),
+    Action.TEST: ("deploy", "build"),  # the build job runs the repo's tests
+    Action.DEPLOY: ("deploy",),
+    Action.ROLLBACK: ("rollback",),
+}
+
+
+def step_effect(target: Target, action: Action) -> StepEffect:
+    """What happens to a step: the implementer writes it, the pipeline performs it, or it
+    only describes (nothing runs it). The card says which, so approvers know what runs."""
+    if action in CHANGE_ACTIONS:
+        return "implemented" if target.implement else "descriptive"
+    if action == Action.NOTIFY:
+        return "performed"  # SOPHIE reports in the thread
+    if target.action in _PERFORMED_BY.get(action, ()):
+        return "performed"
+    return "descriptive"
 
 
 def mismatch(constitution: Constitution, plan: Plan) -> str | None:
@@ -127,6 +173,8 @@ def mismatch(constitution: Constitution, plan: Plan) -> str | None:
         return derived.refusals[0].message
     if derived.target != plan.target or list(derived.artifacts) != list(plan.artifacts):
         return "what the plan would run is not what the constitution derives for it"
+    if plan.target.implement and not any(s.action in CHANGE_ACTIONS for s in plan.steps):
+        return "the plan would implement a change but has no change step"
     return None
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from roles import jobs
 from roles.constitution import Constitution
 from roles.ports import CIGateway, Directory, Notifier, Planner, PlanStore, Scheduler, Signer
+from roles.records import RunInfo
 
 BOT_TEAM = "sophie"
 
@@ -57,6 +58,9 @@ class Tuning:
     stuck_seconds: float = 30.0
     # How often the reconciler sweeps (a cron job on every worker; each tick runs once).
     reconcile_seconds: int = 5
+    # A model is configured, so `sophie implement` (the default implementer) can write the
+    # change steps; without one they are descriptive and the ref deploys as it is.
+    model_ready: bool = False
 
 
 @dataclass
@@ -94,3 +98,10 @@ class Context:
 
     def describe(self) -> dict[str, Any]:
         return {"dry_run": self.ci.dry_run, "planner_offline": self.planner.offline}
+
+
+def track_tag(run: RunInfo, polls: int, prefix: str = "") -> str:
+    """The key of a look at ``run`` after ``polls`` looks: the same for every job that
+    schedules it (chains merge), and distinct for the run that deploys a checked change
+    (the implement run before it used the plain numbers)."""
+    return f"{prefix}{polls}" + (".c" if run.change is not None and run.phase == "run" else "")

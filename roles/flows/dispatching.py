@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 
 from roles import approvals, integrator, what_runs
-from roles.flows import queueing
-from roles.flows.context import Context, lease_owner
+from roles.flows import changing, queueing
+from roles.flows.context import Context, lease_owner, track_tag
 from roles.flows.deciding import refresh_card
 from roles.ports import CIRateLimited, CIUncertain
 from roles.records import PlanRecord, PlanStatus, RunInfo
@@ -14,6 +14,9 @@ from roles.records import PlanRecord, PlanStatus, RunInfo
 log = logging.getLogger("sophie.dispatching")
 
 MAX_DISPATCH_ATTEMPTS = 3
+# Correlation ids are ``<plan id>.<n>``: the run that deploys a checked change counts its
+# attempts from here, so it is never mistaken for the implement run before it.
+DEPLOY_AFTER_CHANGE = 10
 
 
 async def dispatch(ctx: Context, plan_id: str) -> None:
@@ -41,7 +44,7 @@ def gate(ctx: Context, record: PlanRecord) -> str | None:
     counted = approvals.tally(record.plan, record.decisions, constitution, ctx.signer, ctx.clock())
     if not counted.complete:
         return counted.reason
-    return what_runs.mismatch(constitution, record.plan)
+    return what_runs.mismatch(constitution, record.plan) or changing.change_problem(ctx, record)
 
 
 async def _dispatch_held(ctx: Context, plan_id: str) -> None:
@@ -55,7 +58,7 @@ async def _dispatch_held(ctx: Context, plan_id: str) -> None:
         # A re-run of a dispatch job whose worker died after the run started: make
         # sure tracking goes on. The key follows the stored poll count, so a chain
         # that is still alive merges with this one instead of doubling.
-        await ctx.again("track", plan_id, str(record.run.polls), 0)
+        await ctx.again("track", plan_id, track_tag(record.run, record.run.polls), 0)
         return
     if record.status != PlanStatus.APPROVED:
         log.info("plan %s not dispatched: it is %s", plan_id, record.status.value)
@@ -79,13 +82,18 @@ async def _dispatch_held(ctx: Context, plan_id: str) -> None:
 
 async def _dispatch_once(ctx: Context, record: PlanRecord, attempt: int) -> None:
     plan_id = record.plan.id
+    implementing = changing.implementing(record)
+    # The run that deploys a checked change carries it, and runs on its branch.
+    change = None if implementing or record.run is None else record.run.change
     marker = RunInfo(
         dry_run=ctx.ci.dry_run,
         status="queued",
-        correlation_id=f"{plan_id}.{attempt}",
+        correlation_id=f"{plan_id}.{attempt + (DEPLOY_AFTER_CHANGE if change else 0)}",
         dispatched_at=ctx.clock().timestamp(),
         attempts=attempt,
         dispatch_state="unknown",
+        phase="implement" if implementing else "run",
+        change=change,
     )
     await ctx.store.save_run(plan_id, marker)
     envelopes = [d.envelope for d in record.approvals]
@@ -94,9 +102,16 @@ async def _dispatch_once(ctx: Context, record: PlanRecord, attempt: int) -> None
         # The constitution travels with the plan, so the workflow verifies without
         # reaching SOPHIE (its digest is bound in every signed decision).
         inputs = integrator.workflow_inputs(
-            record.plan, envelopes, bundle_url, marker.correlation_id, ctx.constitution()
+            record.plan,
+            envelopes,
+            bundle_url,
+            marker.correlation_id,
+            ctx.constitution(),
+            implementing=implementing,
+            change=change,
         )
-        run = await ctx.ci.dispatch(record.plan, inputs, marker.correlation_id)
+        ref = change.branch if change is not None else ""
+        run = await ctx.ci.dispatch(record.plan, inputs, marker.correlation_id, ref)
     except CIRateLimited as exc:
         marker.dispatch_state = "not_sent"
         marker.detail = str(exc)
@@ -138,6 +153,8 @@ async def running(ctx: Context, record: PlanRecord, marker: RunInfo, run: RunInf
     run.dispatched_at = marker.dispatched_at
     run.attempts = marker.attempts
     run.dispatch_state = ""
+    run.phase = marker.phase
+    run.change = marker.change
     await ctx.store.save_run(plan_id, run)
     await ctx.store.audit(
         "plan.dispatched",
@@ -152,7 +169,8 @@ async def running(ctx: Context, record: PlanRecord, marker: RunInfo, run: RunInf
     await ctx.store.save_run(plan_id, run)
     await ctx.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.RUNNING)
     await refresh_card(ctx, plan_id)
-    await ctx.again("track", plan_id, "0", 0 if run.dry_run else ctx.tuning.poll_seconds)
+    delay = 0 if run.dry_run else ctx.tuning.poll_seconds
+    await ctx.again("track", plan_id, track_tag(run, 0), delay)
 
 
 async def _resume(ctx: Context, record: PlanRecord) -> None:
@@ -163,7 +181,7 @@ async def _resume(ctx: Context, record: PlanRecord) -> None:
         return
     if marker.dispatch_state == "":  # accepted and saved; only the status move was lost
         await ctx.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.RUNNING)
-        await ctx.again("track", plan_id, str(marker.polls), 0)
+        await ctx.again("track", plan_id, track_tag(marker, marker.polls), 0)
         return
     if marker.dispatch_state == "not_sent":
         await _dispatch_once(ctx, record, attempt=marker.attempts + 1)

@@ -123,6 +123,7 @@ async def plan(
         proposal.disagreements,
         now=ctx.clock(),
         rollback_to=rollback_to,
+        model_ready=ctx.tuning.model_ready,
     )
     new = integrator.assemble(
         plan_id,

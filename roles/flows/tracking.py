@@ -6,8 +6,8 @@ import logging
 from dataclasses import replace
 
 from roles import integrator, jobs, memory
-from roles.flows import queueing, rollback
-from roles.flows.context import Context, lease_owner
+from roles.flows import changing, queueing, rollback
+from roles.flows.context import Context, lease_owner, track_tag
 from roles.flows.deciding import refresh_card
 from roles.ports import CIRateLimited
 from roles.records import PlanRecord, PlanStatus, RunInfo
@@ -49,13 +49,17 @@ async def track(ctx: Context, plan_id: str, reschedule: bool = True) -> bool:
         previous.detail = str(exc)
         await ctx.store.save_run(plan_id, previous)
         if reschedule:
-            await ctx.again("track", plan_id, f"rl{previous.polls}", exc.retry_after)
+            await ctx.again(
+                "track", plan_id, track_tag(previous, previous.polls, "rl"), exc.retry_after
+            )
         return False
     except Exception:
         log.exception("could not refresh run of %s; will retry", plan_id)
         run = replace(previous)
-    for kept in ("message_ts", "correlation_id", "dispatched_at", "attempts", "shown"):
+    for kept in ("message_ts", "correlation_id", "dispatched_at", "attempts", "shown", "phase"):
         setattr(run, kept, getattr(previous, kept))
+    if run.change is None:
+        run.change = previous.change  # the change a deploy run builds stays with it
     run.polls = previous.polls + 1
     record.run = run
     if run.signature() != run.shown and (run.status == "completed" or _may_edit(ctx, previous)):
@@ -64,12 +68,20 @@ async def track(ctx: Context, plan_id: str, reschedule: bool = True) -> bool:
     await ctx.store.save_run(plan_id, run)
     if run.status != "completed":
         if run.polls >= ctx.tuning.max_polls:
-            await _finish(ctx, record, PlanStatus.FAILED, "gave up tracking the run")
+            await finish(ctx, record, PlanStatus.FAILED, "gave up tracking the run")
             return True
         if reschedule:
-            await ctx.again("track", plan_id, str(run.polls), ctx.tuning.poll_seconds)
+            await ctx.again("track", plan_id, track_tag(run, run.polls), ctx.tuning.poll_seconds)
         return False
-    await _finish(ctx, record, PlanStatus.SUCCEEDED if run.succeeded else PlanStatus.FAILED)
+    if run.phase == "implement" and run.succeeded:
+        # Δ checks the produced change; a passing one goes on to the run that deploys it.
+        moved = await changing.implemented(ctx, record, run)
+        if not moved and reschedule:
+            await ctx.again(
+                "track", plan_id, track_tag(run, run.polls, "change"), ctx.tuning.poll_seconds
+            )
+        return moved
+    await finish(ctx, record, PlanStatus.SUCCEEDED if run.succeeded else PlanStatus.FAILED)
     return True
 
 
@@ -134,7 +146,7 @@ async def _adopt(ctx: Context, run_id: int, correlation_id: str) -> str | None:
     return plan_id
 
 
-async def _finish(ctx: Context, record: PlanRecord, status: PlanStatus, note: str = "") -> None:
+async def finish(ctx: Context, record: PlanRecord, status: PlanStatus, note: str = "") -> None:
     """Mark the outcome, then wrap up once. A try that stopped after marking it (its reply
     lost, its worker killed) leaves a note, so the next try wraps up instead of stopping."""
     plan_id = record.plan.id
@@ -163,7 +175,7 @@ async def _wrap_up(ctx: Context, plan_id: str) -> None:
         if not done.get("remembered"):
             await _remember(ctx, record)
             await ctx.store.set_memo(memo_key, "remembered", "1", FINISH_MEMO_SECONDS)
-        if record.plan.target.action == "deploy":
+        if record.plan.target.action == "deploy" and record.run.phase != "implement":
             await rollback.prepare(ctx, record)
         await ctx.notifier.post_result(record)
         await ctx.store.set_memo(memo_key, "result", "1", FINISH_MEMO_SECONDS)

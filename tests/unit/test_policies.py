@@ -53,7 +53,9 @@ def test_deny_blocks_and_warn_is_shown(folder: Path) -> None:
         DraftStep(action=Action.DB_MIGRATION, description="Add an index", inputs=[]),
         DraftStep(action=Action.DEPLOY, description="Deploy to staging", inputs=[]),
     )
-    verdict = diff_engine.evaluate(draft, reading, constitution, 0.9, now=MONDAY_NOON)
+    verdict = diff_engine.evaluate(
+        draft, reading, constitution, 0.9, now=MONDAY_NOON, model_ready=True
+    )
     assert not verdict.allowed
     (deny,) = [d for d in verdict.denials if d.id.startswith("policy.")]
     assert deny.id == "policy.migration-needs-backup" and "Add an index" in deny.message
@@ -68,7 +70,9 @@ def test_deny_blocks_and_warn_is_shown(folder: Path) -> None:
         DraftStep(action=Action.DEPLOY, description="Deploy to staging", inputs=[]),
         DraftStep(action=Action.SMOKE_TEST, description="Smoke-test staging", inputs=[]),
     )
-    verdict = diff_engine.evaluate(backed_up, reading, constitution, 0.9, now=MONDAY_NOON)
+    verdict = diff_engine.evaluate(
+        backed_up, reading, constitution, 0.9, now=MONDAY_NOON, model_ready=True
+    )
     assert verdict.allowed and not verdict.warnings
 
 
