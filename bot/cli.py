@@ -61,9 +61,21 @@ def _parser() -> argparse.ArgumentParser:
         help="retire the current key (still served for verifying old decisions) and replace it",
     )
     sub.add_parser("pubkey", help="print the public key (PEM, base64, OpenSSH)")
-    verify = sub.add_parser("verify", help="verify signed decisions for a plan")
-    verify.add_argument("envelopes", help="file (or base64 text) with one envelope or a list")
-    verify.add_argument("--plan", required=True, help="plan file (YAML/JSON) or base64 text")
+    verify = sub.add_parser(
+        "verify",
+        help="verify signed decisions for a plan, or with --chain a run's whole sophie-chain",
+    )
+    verify.add_argument(
+        "envelopes",
+        nargs="?",
+        default=None,
+        help="file (or base64 text) with one envelope or a list",
+    )
+    verify.add_argument(
+        "--plan",
+        default=None,
+        help="plan file (YAML/JSON) or base64 text (required without --chain)",
+    )
     verify.add_argument(
         "--constitution",
         default=None,
@@ -88,6 +100,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     verify.add_argument(
         "--commit", default=None, help="with --change: the full sha about to be deployed"
+    )
+    verify.add_argument(
+        "--chain",
+        default=None,
+        help="verify a run's chain.json (the sophie-chain artifact) offline: plan, approvals, "
+        "change statement, commit and artifact digests (with --keys, and --artifact)",
+    )
+    verify.add_argument(
+        "--artifact",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="with --chain: this file's sha256 must be one of the chain's artifact digests "
+        "(repeatable)",
     )
     audit = sub.add_parser(
         "audit",
@@ -386,6 +412,14 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     from roles.constitution import ConstitutionError, from_bundle, load_constitution
     from roles.plan import Plan
 
+    if args.chain is not None:
+        return _verify_chain(args)
+    if args.artifact:
+        print("error: --artifact goes with --chain", file=sys.stderr)
+        return 2
+    if args.envelopes is None or args.plan is None:
+        print("error: give ENVELOPES and --plan (or --chain CHAIN.json)", file=sys.stderr)
+        return 2
     if (args.change is None) != (args.commit is None):
         print("error: --change and --commit go together", file=sys.stderr)
         return 2
@@ -438,6 +472,33 @@ def _verify(settings: Settings, args: argparse.Namespace) -> int:
     if change is not None:
         print(f"OK: the change of plan {plan.id} to commit {args.commit} was checked")
     return 0
+
+
+def _verify_chain(args: argparse.Namespace) -> int:
+    from bot.chain import command
+
+    given = {
+        "ENVELOPES": args.envelopes,
+        "--plan": args.plan,
+        "--constitution": args.constitution,
+        "--expect-digest": args.expect_digest,
+        "--change": args.change,
+        "--commit": args.commit,
+    }
+    others = [flag for flag, value in given.items() if value is not None]
+    if others:
+        print(
+            f"error: --chain carries the plan, approvals and change; drop {', '.join(others)}",
+            file=sys.stderr,
+        )
+        return 2
+    if not args.keys:
+        print(
+            "error: --chain needs --keys (the bot's /.well-known/sophie/keys JSON or a base64 key)",
+            file=sys.stderr,
+        )
+        return 2
+    return command(args.chain, args.keys, args.artifact)
 
 
 def _implement(settings: Settings, args: argparse.Namespace) -> int:

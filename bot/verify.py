@@ -64,6 +64,40 @@ def load_keys(source: str) -> list[bytes]:
     return [base64.b64decode(source)]
 
 
+def count_decisions(
+    envelopes: list[dict[str, Any]],
+    plan: Plan,
+    constitution: Constitution,
+    verifier: PublicKeys,
+    now: datetime | None = None,
+) -> tuple[approvals.Tally, list[DecisionRecord]]:
+    """What the envelopes add up to for this plan (``approvals.tally``), and the decisions
+    they carry: what ``verify`` judges and ``sophie verify --chain`` also prints."""
+    now = now or datetime.now(UTC)
+    decisions = []
+    for envelope in envelopes:
+        try:
+            pred = open_envelope(envelope, verifier).predicate
+        except EnvelopeError as exc:
+            return approvals.Tally(False, str(exc)), []
+        try:
+            who = pred["approver"]
+            decisions.append(
+                DecisionRecord(
+                    actor=Actor(team_id=who["teamId"], user_id=who["userId"], name=who["name"]),
+                    decision=pred["decision"],
+                    at=datetime.fromisoformat(pred["decidedAt"]),
+                    envelope=envelope,
+                    groups=tuple(who.get("groups", ())),
+                )
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return approvals.Tally(False, "a signed decision is malformed"), []
+    if not decisions:
+        return approvals.Tally(False, "no envelopes"), []
+    return approvals.tally(plan, decisions, constitution, verifier, now), decisions
+
+
 def verify(
     envelopes: list[dict[str, Any]],
     plan: Plan,
@@ -72,26 +106,7 @@ def verify(
     now: datetime | None = None,
 ) -> str | None:
     """None when the envelopes authorise exactly this plan; otherwise the reason."""
-    now = now or datetime.now(UTC)
-    decisions = []
-    for envelope in envelopes:
-        try:
-            pred = open_envelope(envelope, verifier).predicate
-        except EnvelopeError as exc:
-            return str(exc)
-        who = pred["approver"]
-        decisions.append(
-            DecisionRecord(
-                actor=Actor(team_id=who["teamId"], user_id=who["userId"], name=who["name"]),
-                decision=pred["decision"],
-                at=datetime.fromisoformat(pred["decidedAt"]),
-                envelope=envelope,
-                groups=tuple(who.get("groups", ())),
-            )
-        )
-    if not decisions:
-        return "no envelopes"
-    counted = approvals.tally(plan, decisions, constitution, verifier, now)
+    counted, _ = count_decisions(envelopes, plan, constitution, verifier, now)
     return None if counted.complete else counted.reason
 
 

@@ -29,6 +29,7 @@ _STATUS_LINE = {
     PlanStatus.RUNNING: "🚀 Approved — running",
     PlanStatus.SUCCEEDED: "🎉 Approved — succeeded",
     PlanStatus.FAILED: "❌ Approved — the run failed",
+    PlanStatus.REVIEW: "🔎 Approved — the change waits for review before it deploys",
     PlanStatus.VETOED: "⛔ Vetoed",
     PlanStatus.EXPIRED: "⌛ Expired",
     PlanStatus.STALE: "♻️ Stale",
@@ -402,7 +403,7 @@ def change(record: PlanRecord) -> tuple[str, list[Block]]:
         if c.tests_command:
             tests += f" (`{escape(c.tests_command, 120)}`)"
     files = "\n".join(
-        f"• `{escape(path, 150)}` +{plus} −{minus}" for path, plus, minus in c.file_list[:15]
+        f"• `{escape(path, 120)}` +{plus} −{minus}" for path, plus, minus in c.file_list[:15]
     )
     if len(c.file_list) > 15:
         files += f"\n• … and {len(c.file_list) - 15} more"
@@ -412,12 +413,15 @@ def change(record: PlanRecord) -> tuple[str, list[Block]]:
     else:
         head = f"⛔ *Δ refused the change* for `{record.plan.id}`: {escape(c.reason, 900)}"
         fallback = f"Δ refused the change of {record.plan.id}: nothing deploys"
-    lines = [head, f"*Change:* {_change_line(c)}", f"*Tests:* {tests}"]
+    body = [
+        _section(truncate(head, 3000)),
+        _section(truncate(f"*Change:* {_change_line(c)}\n*Tests:* {tests}", 3000)),
+    ]
     if files:
-        lines.append(files)
+        body.append(_section(truncate(files, 3000)))
     if c.verdict != "checked":
-        lines.append("Nothing built from this commit deploys.")
-    return fallback, [_section(truncate("\n".join(lines), 3000))]
+        body.append(_context("Nothing built from this commit deploys."))
+    return fallback, body
 
 
 def _implement_result(record: PlanRecord) -> tuple[str, list[Block]]:

@@ -620,8 +620,8 @@ def deploy_allowed(environment_rule: EnvironmentRule, status: ChangeStatus) -> s
     if status.on_default_branch or status.diff_approved:
         return None
     return (
-        "This environment deploys only reviewed code: merge the pull request (so the commit "
-        "is on the default branch) or approve the diff on a second card"
+        "this environment deploys only reviewed code: review and merge the pull request, "
+        "then ask again to deploy the default branch (it deploys the merged commit as it is)"
     )
 
 

@@ -22,6 +22,9 @@ class PlanStatus(enum.StrEnum):
     EXPIRED = "expired"
     STALE = "stale"
     SUPERSEDED = "superseded"  # changes were requested; a revised plan replaces it
+    # The change was implemented and checked, but the environment deploys only reviewed
+    # code: its pull request is to be reviewed and merged (nothing was deployed).
+    REVIEW = "review"
     ERROR = "error"
 
     @property
@@ -37,6 +40,7 @@ _FINAL = {
     PlanStatus.EXPIRED,
     PlanStatus.STALE,
     PlanStatus.SUPERSEDED,
+    PlanStatus.REVIEW,
     PlanStatus.ERROR,
 }
 

@@ -159,7 +159,8 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
     await ctx.notifier.post_change(record)
     blocked = change_problem(ctx, record)
     if blocked:
-        await tracking.finish(ctx, record, PlanStatus.FAILED, blocked)
+        # Only the environment's rule for generated changes can hold a change just signed.
+        await tracking.finish(ctx, record, PlanStatus.REVIEW, blocked)
         return True
     # Back to approved: the dispatch job (gate, slot, marker) sends the deploy run.
     if await ctx.store.transition(plan.id, {PlanStatus.RUNNING}, PlanStatus.APPROVED):

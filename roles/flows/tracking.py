@@ -14,6 +14,9 @@ from roles.records import PlanRecord, PlanStatus, RunInfo
 
 log = logging.getLogger("sophie.tracking")
 
+# How a run can end (REVIEW: its checked change waits for review; nothing deployed).
+ENDED = (PlanStatus.SUCCEEDED, PlanStatus.FAILED, PlanStatus.REVIEW)
+
 # How long the notes of a finished run's wrap-up are kept (a retry comes within minutes).
 FINISH_MEMO_SECONDS = 24 * 3600
 
@@ -28,7 +31,7 @@ async def track(ctx: Context, plan_id: str, reschedule: bool = True) -> bool:
     if record is None or record.run is None:
         return True
     if record.status != PlanStatus.RUNNING:
-        if record.status in (PlanStatus.SUCCEEDED, PlanStatus.FAILED):
+        if record.status in ENDED:
             await _wrap_up(ctx, plan_id)  # an earlier try marked the outcome, then stopped
         return True
     previous = record.run
@@ -170,7 +173,7 @@ async def _wrap_up(ctx: Context, plan_id: str) -> None:
         record = await ctx.store.load(plan_id)
         if done.get("result") or record is None or record.run is None:
             return
-        if record.status not in (PlanStatus.SUCCEEDED, PlanStatus.FAILED):
+        if record.status not in ENDED:
             return
         if not done.get("remembered"):
             await _remember(ctx, record)
@@ -190,7 +193,7 @@ async def _remember(ctx: Context, record: PlanRecord) -> None:
     constitution = ctx.constitution()
     await ctx.store.remember(record.plan, status)
     assert record.run is not None
-    if not record.run.dry_run:
+    if not record.run.dry_run and status != PlanStatus.REVIEW:  # a review is no outcome yet
         key = memory.trust_key(record.plan.target.repo, record.plan.target.environment)
         current = await ctx.store.trust(key, constitution.trust.initial)
         await ctx.store.set_trust(

@@ -161,7 +161,7 @@ async def test_an_implement_job_that_fails_deploys_nothing_and_offers_no_rollbac
     assert final.run is not None and final.run.detail == loop.ci.implement_failure
     from handlers import blocks
 
-    text, body = blocks.result(final)
+    _, body = blocks.result(final)
     assert "Implementing the change failed" in body[0]["text"]["text"]
     assert not blocks.rollback_offered(final)
 
@@ -173,8 +173,9 @@ async def test_production_deploys_only_reviewed_code() -> None:
     _script(loop, record.plan.id, {"src/auth/cache.py": ["CACHE = {}"]})
     await _runs(loop)
     final = await loop.store.load(record.plan.id)
-    assert final is not None and final.status == PlanStatus.FAILED
+    assert final is not None and final.status == PlanStatus.REVIEW
     assert "only reviewed code" in final.note and len(loop.ci.dispatched) == 1
+    assert [p.text for p in loop.notifier.of("change")] == ["checked"]
     # Merged after review (on the default branch): the same change deploys.
     loop2 = _loop()
     record2 = await _approved(loop2, "Add caching to auth and deploy to production", ALICE, BOB)
