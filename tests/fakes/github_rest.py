@@ -23,12 +23,25 @@ It does what GitHub documents, not what SOPHIE would like (each behaviour cites 
   permission an endpoint needs gets GitHub's 403 and ``X-Accepted-GitHub-Permissions``;
 - commits pushed with ``push`` are compared as GitHub compares them (``github_git``):
   ahead/behind/identical/diverged, files on the first page only and at most 300 of them,
-  no ``patch`` for binary or oversized files.
+  no ``patch`` for binary or oversized files;
+- a dispatch runs on the head of the branch (or tag) it names, and a ref the repository
+  does not have is refused (422, "No ref found for: X");
+- a run with ``action=implement`` has two jobs, verify and implement: the implement job
+  calls ``implementer`` (see :class:`Implemented`), commits its files on
+  ``sophie/<plan_id>`` from the run's head, opens a draft pull request and reports the
+  change as a ``sophie-change`` notice on its check run (or fails with a
+  ``sophie-implement`` error and pushes nothing);
+- with ``verify_with`` set, the verify job fails (``sophie-verify``) when it gives a
+  reason, and no later job runs;
+- the build job reports ``sophie-image`` (docker) and one ``sophie-artifact`` notice per
+  artifact asked for; annotations are paged like every list;
+- pull requests are listed and got as GitHub serves them (``draft``, ``head``, ``base``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import hmac
 import itertools
@@ -37,7 +50,7 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -58,6 +71,29 @@ STAGES = (
     ("completed", None),
 )
 JOBS = ("verify", "build", "deploy-staging")
+# A run with ``action=implement`` (phase 1 of a generated change): the template's
+# "Verify the signed plan" then "Implement the change"; no build, no deployment.
+IMPLEMENT_STAGES = (
+    ("queued", None),
+    ("in_progress", "implement"),
+    ("completed", None),
+)
+IMPLEMENT_JOBS = ("verify", "implement")
+# Annotation titles the template prints (``::notice title=T::message``, ``::error ...``).
+IMAGE_NOTICE = "sophie-image"
+ARTIFACT_NOTICE = "sophie-artifact"
+CHANGE_NOTICE = "sophie-change"
+IMPLEMENT_FAILURE = "sophie-implement"
+VERIFY_FAILURE = "sophie-verify"
+# What a branch with no commits yet holds when an implement run needs a tree to edit.
+SEED_FILES = {
+    "README.md": "# auth-service\n",
+    "app/__init__.py": "",
+    "app/auth.py": "def check(user):\n    return bool(user)\n\n\n"
+    "def login(user):\n    return check(user)\n",
+    "tests/test_auth.py": "from app.auth import login\n\n\n"
+    "def test_login():\n    assert login('u')\n",
+}
 # The template's `concurrency: group: sophie-${{ github.repository }}-${{ inputs.environment }}`.
 TEMPLATE_CONCURRENCY = "sophie-{repo}-{environment}"
 # "Permissions required for fine-grained personal access tokens" / "for GitHub Apps"
@@ -89,6 +125,8 @@ PERMISSIONS: dict[tuple[str, str], tuple[str, str]] = {
     ("GET", "/repos/{owner}/{repo}/check-runs/{check_run_id}/annotations"): ("checks", "read"),
     ("GET", "/repos/{owner}/{repo}/commits/{ref}/check-runs"): ("checks", "read"),
     ("GET", "/repos/{owner}/{repo}/compare/{basehead}"): ("contents", "read"),
+    ("GET", "/repos/{owner}/{repo}/pulls"): ("pull_requests", "read"),
+    ("GET", "/repos/{owner}/{repo}/pulls/{pull_number}"): ("pull_requests", "read"),
 }
 # What SOPHIE's README asks of a fine-grained token or GitHub App (and the fake's default).
 FULL_PERMISSIONS = {
@@ -101,8 +139,187 @@ FULL_PERMISSIONS = {
 _LEVELS = {"none": 0, "read": 1, "write": 2, "admin": 3}
 
 
+def _pull_operations() -> dict[str, Any]:
+    """The operations "List pull requests" and "Get a pull request", which
+    ``github_spec.json`` (pruned to the operations SOPHIE called) does not have yet.
+
+    Transcribed from the same @octokit/openapi 23.0.2 (``api.github.com.deref.json``, of
+    the tarball whose sha256 ``github_spec.json`` records): parameters whole, replies
+    pruned to the fields the fake sends (``required`` dropped: replies are checked for
+    shape only). Once ``scripts/update-github-spec.py`` lists these two operations and
+    the spec is regenerated, its entries take precedence (``_add_pull_operations``).
+    """
+    text, integer, boolean = {"type": "string"}, {"type": "integer"}, {"type": "boolean"}
+
+    def obj(**props: Any) -> dict[str, Any]:
+        return {"type": "object", "properties": props}
+
+    def null(kind: str) -> dict[str, Any]:
+        return {"type": kind, "nullable": True}
+
+    def user(nullable: bool = False) -> dict[str, Any]:
+        schema = obj(
+            login=text,
+            id=integer,
+            node_id=text,
+            avatar_url=text,
+            url=text,
+            html_url=text,
+            type=text,
+            site_admin=boolean,
+        )
+        return {**schema, "nullable": True} if nullable else schema
+
+    def end(nullable_user: bool) -> dict[str, Any]:
+        repo = obj(
+            id=integer,
+            node_id=text,
+            name=text,
+            full_name=text,
+            owner=user(),
+            private=boolean,
+            html_url=text,
+            url=text,
+            default_branch=text,
+        )
+        return obj(label=text, ref=text, repo=repo, sha=text, user=user(nullable_user))
+
+    link = obj(href=text)
+    urls = ("url", "html_url", "diff_url", "patch_url", "issue_url", "commits_url")
+    more_urls = ("review_comments_url", "review_comment_url", "comments_url", "statuses_url")
+    links = ("comments", "commits", "statuses", "html", "issue", "review_comments")
+
+    def pull(full: bool) -> dict[str, Any]:
+        props: dict[str, Any] = {
+            **dict.fromkeys(urls + more_urls, text),
+            "id": integer,
+            "node_id": text,
+            "number": integer,
+            "state": {"enum": ["open", "closed"], "type": "string"} if full else text,
+            "locked": boolean,
+            "title": text,
+            "user": user(nullable=not full),
+            "body": null("string"),
+            "labels": {"type": "array"},
+            "milestone": null("object"),
+            "active_lock_reason": null("string"),
+            "created_at": text,
+            "updated_at": text,
+            "closed_at": null("string"),
+            "merged_at": null("string"),
+            "merge_commit_sha": null("string"),
+            "assignee": null("object"),
+            "assignees": {"type": "array"},
+            "requested_reviewers": {"type": "array"},
+            "requested_teams": {"type": "array"},
+            "head": end(nullable_user=not full),
+            "base": end(nullable_user=not full),
+            "_links": obj(**dict.fromkeys((*links, "review_comment", "self"), link)),
+            "author_association": {
+                "type": "string",
+                "enum": [
+                    "COLLABORATOR",
+                    "CONTRIBUTOR",
+                    "FIRST_TIMER",
+                    "FIRST_TIME_CONTRIBUTOR",
+                    "MANNEQUIN",
+                    "MEMBER",
+                    "NONE",
+                    "OWNER",
+                ],
+            },
+            "auto_merge": null("object"),
+            "draft": boolean,
+        }
+        if full:
+            props.update(
+                merged=boolean,
+                mergeable=null("boolean"),
+                rebaseable=null("boolean"),
+                mergeable_state=text,
+                merged_by=null("object"),
+                maintainer_can_modify=boolean,
+                **dict.fromkeys(
+                    ("comments", "review_comments", "commits", "additions", "deletions"),
+                    integer,
+                ),
+                changed_files=integer,
+            )
+        return {"type": "object", "properties": props}
+
+    def path(name: str, kind: str) -> dict[str, Any]:
+        return {"name": name, "in": "path", "required": True, "schema": {"type": kind}}
+
+    def query(name: str, **schema: Any) -> dict[str, Any]:
+        return {"name": name, "in": "query", "required": False, "schema": schema}
+
+    def ok(schema: dict[str, Any]) -> dict[str, Any]:
+        return {"200": {"content": {"application/json": {"schema": schema}}}}
+
+    return {
+        "/repos/{owner}/{repo}/pulls": {
+            "get": {
+                "operationId": "pulls/list",
+                "parameters": [
+                    path("owner", "string"),
+                    path("repo", "string"),
+                    query("state", type="string", enum=["open", "closed", "all"], default="open"),
+                    query("head", type="string"),
+                    query("base", type="string"),
+                    query(
+                        "sort",
+                        type="string",
+                        enum=["created", "updated", "popularity", "long-running"],
+                        default="created",
+                    ),
+                    query("direction", type="string", enum=["asc", "desc"]),
+                    {
+                        "name": "per_page",
+                        "in": "query",
+                        "schema": {"type": "integer", "default": 30},
+                    },
+                    {"name": "page", "in": "query", "schema": {"type": "integer", "default": 1}},
+                ],
+                "responses": ok({"type": "array", "items": pull(full=False)}),
+            }
+        },
+        "/repos/{owner}/{repo}/pulls/{pull_number}": {
+            "get": {
+                "operationId": "pulls/get",
+                "parameters": [
+                    path("owner", "string"),
+                    path("repo", "string"),
+                    path("pull_number", "integer"),
+                ],
+                "responses": ok(pull(full=True)),
+            }
+        },
+    }
+
+
+def _add_pull_operations() -> None:
+    """Teach ``github_spec`` the pull request operations it lacks (a no-op once it has them)."""
+    paths = github_spec.spec()["paths"]
+    missing = {t: e for t, e in _pull_operations().items() if t not in paths}
+    if missing:
+        paths.update(missing)
+        github_spec._templates.cache_clear()  # the path templates are matched from a cache
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _plan_id(inputs: Mapping[str, str]) -> str:
+    """The dispatch's ``plan_id``, else the ``id`` of the plan document (``plan``: base64
+    canonical JSON)."""
+    if inputs.get("plan_id"):
+        return inputs["plan_id"]
+    try:
+        doc = json.loads(base64.b64decode(inputs.get("plan", ""), validate=True))
+    except ValueError:
+        return ""
+    return str(doc.get("id", "")) if isinstance(doc, dict) else ""
 
 
 @dataclass
@@ -111,6 +328,70 @@ class Dispatch:
     workflow: str
     ref: str
     inputs: dict[str, str]
+
+
+@dataclass
+class Implemented:
+    """What the implement job did: the files it changed and how its tests went.
+
+    ``files`` maps a path to its new content (None deletes it); a non-empty ``failure``
+    makes the job fail with that one-line reason and push nothing.
+    """
+
+    files: dict[str, str | None]
+    tests_passed: bool = True
+    tests_summary: str = "3 passed"
+    test_command: str = "python -m pytest -q"
+    failure: str = ""
+
+
+# (dispatch inputs, the base commit's tree as {path: text}) → what the job did.
+Implementer = Callable[[dict[str, str], dict[str, str]], Implemented]
+# (dispatch inputs, the run's head sha) → why the plan does not verify ("" = it does).
+Verifier = Callable[[dict[str, str], str], str]
+
+CACHE_MODULE = """\
+\"\"\"A small in-process cache for user lookups.\"\"\"
+
+from functools import lru_cache
+
+
+@lru_cache(maxsize=1024)
+def cached_user(user_id: str) -> str:
+    return user_id
+"""
+
+
+def default_implementer(inputs: dict[str, str], tree: dict[str, str]) -> Implemented:
+    """Adds a cache module (one new file), as the seed directive asks for."""
+    return Implemented(files={"app/cache.py": CACHE_MODULE})
+
+
+@dataclass
+class PullRequest:
+    """A pull request the implement job opened (draft, from ``sophie/<plan_id>``)."""
+
+    number: int
+    id: int
+    repo: str
+    head_ref: str
+    head_sha: str
+    base_ref: str
+    base_sha: str
+    title: str
+    body: str
+    run_id: int
+    draft: bool = True
+    state: str = "open"
+    additions: int = 0
+    deletions: int = 0
+    changed_files: int = 0
+    created_at: str = field(default_factory=_now)
+    updated_at: str = field(default_factory=_now)
+
+    @property
+    def html_url(self) -> str:
+        return f"https://github.com/{self.repo}/pull/{self.number}"
 
 
 @dataclass
@@ -132,6 +413,24 @@ class Run:
     pending: bool = False  # waiting for its concurrency group
     listed_after: float = 0.0  # time.monotonic() from which run lists include it
     deployment: Deployment | None = None  # what its deploy (or rollback) job created
+    # Annotations a job printed beyond the build's notices, by job index (shown once the
+    # job has completed): the implement job's report, a failing job's reason.
+    annotations: dict[int, list[dict[str, Any]]] = field(default_factory=dict)
+    implemented: Implemented | None = None  # what the implement job did (action=implement)
+    commit: str | None = None  # the commit it pushed on ``sophie/<plan_id>``
+    pull_request: PullRequest | None = None  # the draft pull request it opened
+
+    @property
+    def action(self) -> str:
+        return self.inputs.get("action", "deploy") or "deploy"
+
+    @property
+    def stages(self) -> tuple[tuple[str, str | None], ...]:
+        return IMPLEMENT_STAGES if self.action == "implement" else STAGES
+
+    @property
+    def jobs(self) -> tuple[str, ...]:
+        return IMPLEMENT_JOBS if self.action == "implement" else JOBS
 
     @property
     def status(self) -> str:
@@ -139,7 +438,7 @@ class Run:
             return "pending"
         if self.conclusion == "cancelled":
             return "completed"
-        return STAGES[self.stage][0]
+        return self.stages[self.stage][0]
 
     @property
     def title(self) -> str:
@@ -280,12 +579,22 @@ class FakeGitHub:
         self.installation_permissions: dict[int, dict[str, str]] = {}
         self.tags: dict[tuple[str, str], str] = {}  # (repo, tag) → commit sha
         self.git = GitHistory()  # commits and branch heads (``push``; compare)
+        # The implement job (action=implement): None → ``default_implementer``.
+        self.implementer: Implementer | None = None
+        # The verify job's check, opt-in: a non-empty reason fails it (``sophie-verify``).
+        self.verify_with: Verifier | None = None
+        # What a branch with no commits holds when an implement run needs a tree.
+        self.seed_files: dict[str, str] = dict(SEED_FILES)
+        self.pulls: list[PullRequest] = []  # pull requests opened, oldest first
+        # Exceptions raised by ``implementer`` or ``verify_with`` (their job failed).
+        self.errors: list[BaseException] = []
         self.installation_tokens: list[str] = []
         self._faults: list[_Fault] = []
         self._lock = threading.RLock()
         self._ids = itertools.count(7_000_001)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        _add_pull_operations()
         self.app = web.Application(middlewares=[self._middleware])
         self.app.on_startup.append(self._started)
         self._routes()
@@ -326,7 +635,7 @@ class FakeGitHub:
         with self._lock:
             run = self.runs[run_id]
             if conclusion != "success":
-                run.fail_job = run.fail_job or "build"
+                run.fail_job = run.fail_job or ("build" if "build" in run.jobs else run.jobs[-1])
             while run.status != "completed":
                 if run.pending:
                     raise RuntimeError(f"run {run_id} is pending behind its concurrency group")
@@ -373,6 +682,22 @@ class FakeGitHub:
             sha = self.git.push(repo, files, branch, parent, message, merge)
             self.branches.add(branch)
             return sha
+
+    def branch_head(self, repo: str, branch: str) -> str | None:
+        """The sha ``branch`` points at in the fake's git history (None: no such branch)."""
+        with self._lock:
+            return self.git.heads.get((repo, branch.removeprefix("refs/heads/")))
+
+    def pull_for(self, repo: str, branch: str) -> PullRequest | None:
+        """The newest pull request from ``branch`` (e.g. ``sophie/<plan_id>``), if any."""
+        with self._lock:
+            found = [p for p in self.pulls if p.repo == repo and p.head_ref == branch]
+            return found[-1] if found else None
+
+    @staticmethod
+    def artifact_digest(repo: str, sha: str, name: str) -> str:
+        """The sha256 the build job reports for artifact ``name`` of commit ``sha``."""
+        return hashlib.sha256(f"{repo}@{sha}:{name}".encode()).hexdigest()
 
     def grant(self, token: str, permissions: dict[str, str]) -> None:
         """A fine-grained personal access token with exactly these permissions."""
@@ -530,6 +855,8 @@ class FakeGitHub:
         r.add_get(base + "/check-runs/{check_run_id}/annotations", self._annotations)
         r.add_get(base + "/commits/{ref}/check-runs", self._check_runs_for_ref)
         r.add_get(base + "/compare/{basehead:.+}", self._compare)
+        r.add_get(base + "/pulls", self._list_pulls)
+        r.add_get(base + "/pulls/{pull_number}", self._get_pull)
         r.add_get("/rate_limit", self._rate_limit)
         r.add_post("/app/installations/{installation_id}/access_tokens", self._access_token)
         r.add_get("/app/installations/{installation_id}", self._installation)
@@ -567,12 +894,13 @@ class FakeGitHub:
         }
 
     def _job_state(self, run: Run, n: int) -> tuple[str, str | None]:
-        """Jobs run in order: verify, build, deploy-staging (stage 1 builds, 2 deploys)."""
+        """Jobs run in order: verify, build, deploy-staging (stage 1 builds, 2 deploys);
+        for an implement run, verify then implement (stage 1 implements)."""
         if run.conclusion == "cancelled":
             return "completed", "cancelled"
-        if run.stage == len(STAGES) - 1:
-            if run.fail_job in JOBS:
-                failed = JOBS.index(run.fail_job)
+        if run.stage == len(run.stages) - 1:
+            if run.fail_job in run.jobs:
+                failed = run.jobs.index(run.fail_job)
                 if n == failed:
                     return "completed", "failure"
                 return "completed", ("success" if n < failed else "skipped")
@@ -592,8 +920,9 @@ class FakeGitHub:
             "verify": "Verify digest, signatures, expiry and quorum",
             "build": "Build artifacts",
             "deploy-staging": "Deploy",
+            "implement": "Implement, test, push and open a draft pull request",
         }
-        for n, name in enumerate(JOBS):
+        for n, name in enumerate(run.jobs):
             status, conclusion = self._job_state(run, n)
             started = status != "queued"
             jid = run.id * 10 + n
@@ -753,10 +1082,15 @@ class FakeGitHub:
     def _advance(self, run: Run) -> None:
         if run.pending or run.status == "completed":
             return  # a pending run waits for its concurrency group
-        run.stage += 1
-        if STAGES[run.stage][1] == "deploy-staging":
+        if run.stage == 0 and self._verify_failed(run):
+            run.stage = len(run.stages) - 1  # the later jobs are skipped: the run ends
+        else:
+            run.stage += 1
+        if run.stages[run.stage][1] == "deploy-staging":
             self._deploy_job_started(run)
-        if STAGES[run.stage][0] == "completed":
+        if run.stages[run.stage][1] == "implement":
+            self._implement(run)
+        if run.stages[run.stage][0] == "completed":
             if run.fail_job:
                 run.conclusion = "failure"
                 if run.deployment is not None:
@@ -790,8 +1124,163 @@ class FakeGitHub:
             run.deployment = self._new_deployment(run.repo, run.head_sha, run.ref, env)
         self._set_status(run.deployment, "in_progress", run)
 
+    def _verify_failed(self, run: Run) -> bool:
+        """The verify job ends as its first stage does: with ``verify_with`` set, it fails
+        when that gives a reason (an implement run's ``fail_job="verify"`` fails it too),
+        and a failed verify runs nothing after it."""
+        reason = ""
+        if run.fail_job == "verify":
+            if run.action != "implement":
+                return False  # a deploy run's scripted verify failure shows at its end
+            reason = "the signed plan did not verify"
+        elif self.verify_with is not None:
+            try:
+                reason = self.verify_with(dict(run.inputs), run.head_sha)
+            except Exception as exc:  # the verify step crashed: the job fails
+                self.errors.append(exc)
+                reason = f"verify crashed: {type(exc).__name__}: {exc}"
+        if not reason:
+            return False
+        run.fail_job = "verify"
+        run.annotations[0] = self._failure_annotations(run, VERIFY_FAILURE, reason)
+        return True
+
+    def _annotation(self, run: Run, level: str, title: str | None, message: str) -> dict[str, Any]:
+        """An annotation a workflow command makes: no file named, so GitHub puts it on
+        ``.github`` line 1 (as the build's ``sophie-image`` notice)."""
+        return {
+            "path": ".github",
+            "blob_href": f"https://github.com/{run.repo}/blob/{run.head_sha}/.github",
+            "start_line": 1,
+            "end_line": 1,
+            "start_column": None,
+            "end_column": None,
+            "annotation_level": level,
+            "title": title,
+            "message": message,
+            "raw_details": None,
+        }
+
+    def _failure_annotations(self, run: Run, title: str, reason: str) -> list[dict[str, Any]]:
+        """``::error title=T::reason``, then the runner's own line for the failed step."""
+        line = " ".join(reason.split())[:1000] or "failed"
+        return [
+            self._annotation(run, "failure", title, line),
+            self._annotation(run, "failure", None, "Process completed with exit code 1."),
+        ]
+
+    def _implement(self, run: Run) -> None:
+        """The implement job: the implementer's files committed on ``sophie/<plan_id>``
+        from the run's head, pushed, a draft pull request opened, and the change reported
+        as one ``sophie-change`` notice (compact JSON); on failure a ``sophie-implement``
+        error and nothing pushed."""
+        index = run.jobs.index("implement")
+        plan_id = _plan_id(run.inputs)
+        branch = f"sophie/{plan_id}"
+        base = self.git.commits.get(run.repo, {}).get(run.head_sha)
+        if base is None:  # e.g. a tag published with ``publish_release`` and never pushed
+            run.fail_job = "implement"
+            reason = f"checkout failed: {run.head_sha} is not in the fake's git history"
+            run.annotations[index] = self._failure_annotations(run, IMPLEMENT_FAILURE, reason)
+            return
+        tree = {path: content.decode("utf-8", "replace") for path, content in base.tree.items()}
+        if run.fail_job == "implement":
+            outcome = Implemented(files={}, failure="the implement job failed")
+        else:
+            try:
+                outcome = (self.implementer or default_implementer)(dict(run.inputs), tree)
+            except Exception as exc:  # the implement step crashed: the job fails
+                self.errors.append(exc)
+                outcome = Implemented(files={}, failure=f"{type(exc).__name__}: {exc}")
+        run.implemented = outcome
+        new_tree = dict(base.tree)
+        for path, content in outcome.files.items():
+            if content is None:
+                new_tree.pop(path, None)
+            else:
+                new_tree[path] = content.encode()
+        failure = outcome.failure
+        if not failure and not plan_id:
+            failure = "no plan id: the branch sophie/<plan_id> cannot be named"
+        if not failure and new_tree == base.tree:
+            failure = "nothing to commit: the implementer changed no file"
+        if failure:
+            run.fail_job = "implement"
+            run.annotations[index] = self._failure_annotations(run, IMPLEMENT_FAILURE, failure)
+            return
+        sha = self.push(
+            run.repo,
+            dict(outcome.files),
+            branch=branch,
+            parent=run.head_sha,
+            message=f"SOPHIE: implement {plan_id}",
+        )
+        found = self.git.compare(run.repo, run.head_sha, sha)
+        additions = sum(f.additions for f in found.files)
+        deletions = sum(f.deletions for f in found.files)
+        pull = self._open_pull(run, branch, sha, plan_id)
+        pull.additions, pull.deletions, pull.changed_files = (
+            additions,
+            deletions,
+            len(found.files),
+        )
+        run.commit, run.pull_request = sha, pull
+        report = {
+            "branch": branch,
+            "commit": sha,
+            "base": run.head_sha,
+            "pull_request": pull.html_url,
+            "files": len(found.files),
+            "additions": additions,
+            "deletions": deletions,
+            "tests": {
+                "command": outcome.test_command,
+                "passed": outcome.tests_passed,
+                "summary": outcome.tests_summary,
+            },
+        }
+        message = json.dumps(report, separators=(",", ":"))
+        run.annotations[index] = [self._annotation(run, "notice", CHANGE_NOTICE, message)]
+
+    def _open_pull(self, run: Run, branch: str, sha: str, plan_id: str) -> PullRequest:
+        """A draft pull request from ``branch`` into the run's branch ("draft: Indicates
+        whether the pull request is a draft", https://docs.github.com/en/rest/pulls/pulls
+        #create-a-pull-request). A branch pushed again keeps its open pull request, now
+        at the new head: GitHub allows one open pull request per head and base ("A pull
+        request already exists for ..." otherwise)."""
+        for pull in self.pulls:
+            if (pull.repo, pull.head_ref, pull.base_ref, pull.state) == (
+                run.repo,
+                branch,
+                run.ref,
+                "open",
+            ):
+                pull.head_sha, pull.base_sha, pull.run_id = sha, run.head_sha, run.id
+                pull.updated_at = _now()
+                return pull
+        pull = PullRequest(
+            number=1 + sum(1 for p in self.pulls if p.repo == run.repo),
+            id=next(self._ids),
+            repo=run.repo,
+            head_ref=branch,
+            head_sha=sha,
+            base_ref=run.ref,
+            base_sha=run.head_sha,
+            title=f"SOPHIE: {plan_id}",
+            body=(
+                f"The change SOPHIE generated for plan {plan_id} "
+                f"(https://github.com/{run.repo}/actions/runs/{run.id}). "
+                "Draft: it deploys only after SOPHIE's checks and its approvals."
+            ),
+            run_id=run.id,
+        )
+        self.pulls.append(pull)
+        return pull
+
     def _succeed(self, run: Run) -> None:
         action = run.inputs.get("action", "deploy")
+        if action == "implement":
+            return  # no artifacts, no release, no deployment: the change is the output
         for name in self.artifact_names if action != "rollback" else ():
             run.artifacts.append({"id": next(self._ids), "name": name})
         if self.release_assets and action != "rollback":
@@ -858,7 +1347,7 @@ class FakeGitHub:
                 "repository": {"full_name": run.repo},
             },
         )
-        current = STAGES[run.stage][1]
+        current = run.stages[run.stage][1]
         if current:
             job = next(j for j in self._jobs_json(base, run) if j["name"] == current)
             self._emit(
@@ -966,21 +1455,23 @@ class FakeGitHub:
             raise _Fail(422, f"inputs are too large: the maximum is {MAX_INPUT_CHARS} characters")
         if not all(isinstance(v, str) for v in inputs.values()):
             raise _Fail(422, "inputs must be strings")
-        ref = body["ref"].removeprefix("refs/heads/")
-        if ref not in self.branches:
-            raise _Fail(422, f"No ref found for: {body['ref']}")
         with self._lock:
             run_id = next(self._ids)
+            ref, head_sha = self._dispatched_ref(repo, str(body["ref"]), run_id, inputs)
+            implement = (inputs.get("action") or "deploy") == "implement"
+            fail_job = self.fail_job
+            if fail_job is not None and fail_job not in (IMPLEMENT_JOBS if implement else JOBS):
+                fail_job = None  # the next runs fail in a job this run does not have
             run = Run(
                 id=run_id,
                 repo=repo,
                 workflow=name,
                 workflow_id=wid,
                 ref=ref,
-                head_sha=hashlib.sha1(f"{repo}:{run_id}".encode()).hexdigest(),
+                head_sha=head_sha,
                 inputs=dict(inputs),
                 number=len(self.runs) + 1,
-                fail_job=self.fail_job,
+                fail_job=fail_job,
                 group=self._group_of(repo, name, inputs),
                 listed_after=time.monotonic() + self.list_delay,
             )
@@ -997,6 +1488,40 @@ class FakeGitHub:
                 }
             )
         return web.Response(status=204)
+
+    def _dispatched_ref(
+        self, repo: str, given: str, run_id: int, inputs: Mapping[str, str]
+    ) -> tuple[str, str]:
+        """(branch or tag, head sha) of a dispatch on ``given``.
+
+        "ref: The git reference for the workflow. The reference can be a branch or tag
+        name." (https://docs.github.com/en/rest/actions/workflows#create-a-workflow-
+        dispatch-event); the run's ``GITHUB_SHA`` is the "Last commit on the GITHUB_REF
+        branch or tag" (https://docs.github.com/en/actions/reference/workflows-and-actions/
+        events-that-trigger-workflows#workflow_dispatch). A ref the repository does not
+        have is refused with 422 "No ref found for: X" (the API's answer as clients
+        report it, e.g. ``gh workflow run --ref``: "HTTP 422: No ref found for: ...").
+
+        A branch with commits in ``git`` runs on its head; a branch the fake was only
+        configured with (``branches``) runs on a sha of its own per run, as before, except
+        that an implement run, which needs a tree to edit, first gets ``seed_files``
+        committed there.
+        """
+        if given.startswith("refs/tags/"):
+            tag = given.removeprefix("refs/tags/")
+            if (repo, tag) in self.tags:
+                return tag, self.tags[(repo, tag)]
+            raise _Fail(422, f"No ref found for: {given}")
+        ref = given.removeprefix("refs/heads/")
+        if (repo, ref) in self.git.heads:
+            return ref, self.git.heads[(repo, ref)]
+        if ref in self.branches:
+            if (inputs.get("action") or "deploy") == "implement":
+                return ref, self.push(repo, self.seed_files, branch=ref, message="Initial commit")
+            return ref, hashlib.sha1(f"{repo}:{run_id}".encode()).hexdigest()
+        if (repo, ref) in self.tags:
+            return ref, self.tags[(repo, ref)]
+        raise _Fail(422, f"No ref found for: {given}")
 
     def _page(self, request: web.Request, items: list[Any]) -> tuple[list[Any], dict[str, str]]:
         per_page = min(100, int(request.query.get("per_page", "30")))
@@ -1115,6 +1640,8 @@ class FakeGitHub:
         ref = str(body["ref"])
         if re.fullmatch(r"[0-9a-f]{40}", ref):
             sha = ref
+        elif (repo, ref.removeprefix("refs/heads/")) in self.git.heads:
+            sha = self.git.heads[(repo, ref.removeprefix("refs/heads/"))]
         elif ref.removeprefix("refs/heads/") in self.branches:
             with self._lock:
                 heads = [r.head_sha for r in self.runs.values() if r.repo == repo]
@@ -1233,7 +1760,7 @@ class FakeGitHub:
         """Check runs share ids with jobs here (job id = run id * 10 + index)."""
         cid = int(request.match_info["check_run_id"])
         run = self.runs.get(cid // 10)
-        if run is None or run.repo != repo or cid % 10 >= len(JOBS):
+        if run is None or run.repo != repo or cid % 10 >= len(run.jobs):
             raise _Fail(404, "Not Found")
         return run, cid % 10
 
@@ -1248,7 +1775,7 @@ class FakeGitHub:
             body = {
                 "id": cid,
                 "node_id": f"CR_{cid}",
-                "name": JOBS[n],
+                "name": run.jobs[n],
                 "head_sha": run.head_sha,
                 "status": status,
                 "conclusion": conclusion,
@@ -1270,24 +1797,30 @@ class FakeGitHub:
         return web.json_response(body)
 
     def _notices(self, run: Run, n: int) -> list[dict[str, Any]]:
-        """What the template's build job reports with ::notice (the pushed image)."""
-        built = run.stage == len(STAGES) - 1 and self._job_state(run, n) == ("completed", "success")
-        if JOBS[n] != "build" or not built or "docker" not in run.inputs.get("artifacts", ""):
+        """What a job printed as annotations, once it has completed: the build's
+        ``sophie-image`` (docker) and one ``sophie-artifact`` per artifact it was asked
+        for (``<name> sha256:<hex>``); the implement job's report or reason; a failed
+        verify's reason."""
+        if self._job_state(run, n)[0] != "completed":
             return []
-        return [
-            {
-                "path": ".github",
-                "blob_href": f"https://github.com/{run.repo}/blob/{run.head_sha}/.github",
-                "start_line": 1,
-                "end_line": 1,
-                "start_column": None,
-                "end_column": None,
-                "annotation_level": "notice",
-                "title": "sophie-image",
-                "message": f"ghcr.io/{run.repo}:{run.head_sha}",
-                "raw_details": None,
-            }
-        ]
+        found = list(run.annotations.get(n, []))
+        built = run.stage == len(run.stages) - 1 and self._job_state(run, n) == (
+            "completed",
+            "success",
+        )
+        if run.jobs[n] != "build" or not built:
+            return found
+        wanted = run.inputs.get("artifacts", "")
+        if "docker" in wanted:
+            found.append(
+                self._annotation(run, "notice", IMAGE_NOTICE, f"ghcr.io/{run.repo}:{run.head_sha}")
+            )
+        for name in dict.fromkeys(a.strip() for a in wanted.split(",") if a.strip()):
+            digest = self.artifact_digest(run.repo, run.head_sha, name)
+            found.append(
+                self._annotation(run, "notice", ARTIFACT_NOTICE, f"{name} sha256:{digest}")
+            )
+        return found
 
     async def _check_runs_for_ref(self, request: web.Request) -> web.Response:
         """GET /commits/{ref}/check-runs: ``sophie doctor`` reads it to prove Checks: read."""
@@ -1298,7 +1831,7 @@ class FakeGitHub:
             runs = [r for r in self.runs.values() if r.repo == repo and ref in (r.head_sha, r.ref)]
             checks = []
             for run in runs[-10:]:
-                for n, name in enumerate(JOBS):
+                for n, name in enumerate(run.jobs):
                     status, conclusion = self._job_state(run, n)
                     cid = run.id * 10 + n
                     checks.append(
@@ -1321,11 +1854,15 @@ class FakeGitHub:
         return web.json_response({"total_count": len(checks), "check_runs": checks})
 
     async def _annotations(self, request: web.Request) -> web.Response:
+        """List check run annotations: paged (``per_page``, default 30, at most 100;
+        ``page``) with a ``Link`` header to the next page, as every list is
+        (https://docs.github.com/en/rest/checks/runs#list-check-run-annotations)."""
         repo = self._repo(request)
         with self._lock:
             run, n = self._job_of_check_run(request, repo)
             notices = self._notices(run, n)
-        return web.json_response(notices)
+            chunk, headers = self._page(request, notices)
+        return web.json_response(chunk, headers=headers)
 
     def install_app(
         self,
@@ -1500,6 +2037,165 @@ class FakeGitHub:
             link = f"{base}{request.path}?" + "&".join(f"{k}={v}" for k, v in query.items())
             headers["Link"] = f'<{link}>; rel="next"'
         return web.json_response(body, headers=headers)
+
+    def _pull_json(self, base: str, pull: PullRequest, full: bool) -> dict[str, Any]:
+        """A pull request as GitHub lists it ("pull-request-simple") or gets it (``full``:
+        with ``merged``, ``mergeable_state``, the diff's size, ...). Opened by the
+        workflow's ``GITHUB_TOKEN``, its author is ``github-actions[bot]``."""
+        api = f"{base}/repos/{pull.repo}"
+        owner = pull.repo.split("/")[0]
+        bot = {
+            "login": "github-actions[bot]",
+            "id": 41898282,
+            "node_id": "MDM6Qm90NDE4OTgyODI=",
+            "avatar_url": "https://avatars.githubusercontent.com/in/15368?v=4",
+            "url": f"{base}/users/github-actions%5Bbot%5D",
+            "html_url": "https://github.com/apps/github-actions",
+            "type": "Bot",
+            "site_admin": False,
+        }
+        org = {
+            "login": owner,
+            "id": abs(hash(owner)) % 10**8,
+            "node_id": f"O_{owner}",
+            "avatar_url": f"https://avatars.githubusercontent.com/{owner}",
+            "url": f"{base}/users/{owner}",
+            "html_url": f"https://github.com/{owner}",
+            "type": "Organization",
+            "site_admin": False,
+        }
+        repository = {
+            "id": abs(hash(pull.repo)) % 10**8,
+            "node_id": "R_1",
+            "name": pull.repo.split("/")[1],
+            "full_name": pull.repo,
+            "owner": org,
+            "private": True,
+            "html_url": f"https://github.com/{pull.repo}",
+            "url": api,
+            "default_branch": "main",
+        }
+
+        def end(ref: str, sha: str) -> dict[str, Any]:
+            return {
+                "label": f"{owner}:{ref}",
+                "ref": ref,
+                "sha": sha,
+                "user": org,
+                "repo": repository,
+            }
+
+        html = pull.html_url
+        body: dict[str, Any] = {
+            "url": f"{api}/pulls/{pull.number}",
+            "id": pull.id,
+            "node_id": f"PR_{pull.id}",
+            "html_url": html,
+            "diff_url": f"{html}.diff",
+            "patch_url": f"{html}.patch",
+            "issue_url": f"{api}/issues/{pull.number}",
+            "commits_url": f"{api}/pulls/{pull.number}/commits",
+            "review_comments_url": f"{api}/pulls/{pull.number}/comments",
+            "review_comment_url": f"{api}/pulls/comments{{/number}}",
+            "comments_url": f"{api}/issues/{pull.number}/comments",
+            "statuses_url": f"{api}/statuses/{pull.head_sha}",
+            "number": pull.number,
+            "state": pull.state,
+            "locked": False,
+            "title": pull.title,
+            "user": bot,
+            "body": pull.body,
+            "labels": [],
+            "milestone": None,
+            "active_lock_reason": None,
+            "created_at": pull.created_at,
+            "updated_at": pull.updated_at,
+            "closed_at": None,
+            "merged_at": None,
+            "merge_commit_sha": None,
+            "assignee": None,
+            "assignees": [],
+            "requested_reviewers": [],
+            "requested_teams": [],
+            "head": end(pull.head_ref, pull.head_sha),
+            "base": end(pull.base_ref, pull.base_sha),
+            "_links": {
+                "self": {"href": f"{api}/pulls/{pull.number}"},
+                "html": {"href": html},
+                "issue": {"href": f"{api}/issues/{pull.number}"},
+                "comments": {"href": f"{api}/issues/{pull.number}/comments"},
+                "review_comments": {"href": f"{api}/pulls/{pull.number}/comments"},
+                "review_comment": {"href": f"{api}/pulls/comments{{/number}}"},
+                "commits": {"href": f"{api}/pulls/{pull.number}/commits"},
+                "statuses": {"href": f"{api}/statuses/{pull.head_sha}"},
+            },
+            "author_association": "NONE",
+            "auto_merge": None,
+            # "draft: Indicates whether or not the pull request is a draft."
+            # (https://docs.github.com/en/rest/pulls/pulls#get-a-pull-request)
+            "draft": pull.draft,
+        }
+        if full:
+            body.update(
+                {
+                    "merged": False,
+                    # Mergeability is computed in the background: null until it is.
+                    "mergeable": None,
+                    "rebaseable": None,
+                    "mergeable_state": "unknown",
+                    "merged_by": None,
+                    "comments": 0,
+                    "review_comments": 0,
+                    "maintainer_can_modify": False,
+                    "commits": 1,
+                    "additions": pull.additions,
+                    "deletions": pull.deletions,
+                    "changed_files": pull.changed_files,
+                }
+            )
+        return body
+
+    async def _list_pulls(self, request: web.Request) -> web.Response:
+        """List pull requests (https://docs.github.com/en/rest/pulls/pulls#list-pull-requests):
+        ``state`` (default open), ``base``, and ``head`` "in the format of ``user:ref-name``
+        or ``organization:ref-name``"; newest first by default. A ``head`` without the
+        owner is ignored, not matched: GitHub then lists every pull request
+        (github/docs#16647; hub4j/github-api#538; PyGithub/PyGithub#1566)."""
+        repo = self._repo(request)
+        q = request.query
+        state = q.get("state", "open")
+        head = q.get("head", "")
+        owner, colon, head_ref = head.partition(":")
+        with self._lock:
+            found = [
+                p
+                for p in self.pulls
+                if p.repo == repo
+                and state in ("all", p.state)
+                and q.get("base", p.base_ref) == p.base_ref
+                and (not colon or (owner == repo.split("/")[0] and head_ref == p.head_ref))
+            ]
+            # "direction ... Default: desc when sort is created or sort is not specified,
+            # otherwise asc" (the same page).
+            sort = q.get("sort", "created")
+            descending = q.get("direction", "desc" if sort == "created" else "asc") == "desc"
+            if sort == "updated":
+                found.sort(key=lambda p: (p.updated_at, p.number), reverse=descending)
+            else:
+                found.sort(key=lambda p: p.number, reverse=descending)
+            chunk, headers = self._page(request, found)
+            body = [self._pull_json(self._base(request), p, full=False) for p in chunk]
+        return web.json_response(body, headers=headers)
+
+    async def _get_pull(self, request: web.Request) -> web.Response:
+        repo = self._repo(request)
+        number = request.match_info["pull_number"]
+        with self._lock:
+            pull = next((p for p in self.pulls if p.repo == repo and str(p.number) == number), None)
+            if pull is None:
+                raise _Fail(404, "Not Found")
+            body = self._pull_json(self._base(request), pull, full=True)
+        return web.json_response(body)
 
     async def _rate_limit(self, request: web.Request) -> web.Response:
         core = {"limit": 5000, "remaining": 4999, "reset": int(time.time()) + 3600, "used": 1}

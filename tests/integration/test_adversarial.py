@@ -584,7 +584,10 @@ async def test_through_slack_an_attack_never_plans_lower_or_wider(
         target.ref,
     )
     assert (dispatch.repo, dispatch.ref) == (base.repo, base.ref)
-    assert inputs["action"] == "deploy" and inputs["environment"] == base.environment
+    # A plan with change steps first dispatches its implement run (the kernel's call,
+    # signed in target.implement); what it deploys afterwards is the checked commit.
+    first = "implement" if target.implement else "deploy"
+    assert inputs["action"] == first and inputs["environment"] == base.environment
     assert "deploy_sha" not in inputs and MODEL_SHA not in json.dumps(inputs)
     assert set(inputs["artifacts"].split(",")) <= set(base.artifacts)
     signed = json.loads(base64.b64decode(inputs["plan"]))

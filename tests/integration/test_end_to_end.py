@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from bot.chain import verify_chain
 from bot.verify import PublicKeys
 from handlers import blocks as kit
 from roles.attestation import open_envelope
@@ -153,25 +154,62 @@ async def test_seed_directive_from_mention_to_staging_url(app: App, fakes: Fakes
 
     final = await eventually(result, within=20, what="the final message")
     final_text = _text(final.blocks)
-    (run_id,) = list(fakes.github.runs)
-    assert f"https://github.com/{REPO}/actions/runs/{run_id}" in final_text
-    assert f"/actions/runs/{run_id}/artifacts/" in final_text
+    # Two runs: the implement run wrote the change, the second deployed that commit.
+    _, deploy_run = sorted(fakes.github.runs)
+    branch = f"sophie/{plan_id}"
+    commit = fakes.github.branch_head(REPO, branch)
+    assert commit is not None and fakes.github.runs[deploy_run].head_sha == commit
+    pull = fakes.github.pull_for(REPO, branch)
+    assert pull is not None and pull.draft and pull.head_sha == commit
+    assert f"https://github.com/{REPO}/actions/runs/{deploy_run}" in final_text
+    assert f"/actions/runs/{deploy_run}/artifacts/" in final_text
     assert "completed" in final_text and f"plan `{plan_id}`" in final_text
-    assert any(f"runs/{run_id}" in _text(m.blocks) for m in slack.thread(CHANNEL, thread_ts))
+    assert commit[:12] in final_text and pull.html_url in final_text
+    thread = [_text(m.blocks) for m in slack.thread(CHANNEL, thread_ts)]
+    (checked,) = [t for t in thread if "Δ checked the change" in t]
+    assert pull.html_url in checked and "app/cache.py" in checked and "3 passed" in checked
+    # The deployment GitHub recorded (and whose URL the thread shows) is of that commit.
+    assert any(d.sha == commit and d.environment == "staging" for d in fakes.github.deployments)
 
-    # Exactly one dispatch, whose inputs carry the plan and a verifiable signature.
+    # Two dispatches: implement on main, then deploy of the checked commit on its branch.
     await asyncio.sleep(0.3)
-    (inputs,) = dispatched_inputs(fakes)
-    assert inputs["plan_id"] == plan_id
-    assert inputs["plan_digest"] == record.plan.digest
+    first, second = dispatched_inputs(fakes)
+    assert [d.ref for d in fakes.github.dispatches] == ["main", branch]
+    assert first["action"] == "implement" and "deploy_sha" not in first
+    assert second["action"] == "deploy" and second["deploy_sha"] == commit
+    for inputs in (first, second):
+        assert inputs["plan_id"] == plan_id
+        assert inputs["plan_digest"] == record.plan.digest
     keys_resp = await app.session.get(f"{app.url}/.well-known/sophie/keys")
     published = await keys_resp.json()
     verifier = PublicKeys([base64.b64decode(k["public_key_base64"]) for k in published["keys"]])
-    (envelope,) = json.loads(base64.b64decode(inputs["envelopes"]))
+    (envelope,) = json.loads(base64.b64decode(second["envelopes"]))
     opened = open_envelope(envelope, verifier)
     assert opened.subject_digest == record.plan.digest
     assert opened.predicate["approver"]["userId"] == approver
     assert opened.predicate["approver"]["teamId"] == sr.TEAM
+
+    # The chain from directive to artifact, as the pipeline's chain job uploads it,
+    # is what `sophie verify --chain` accepts, offline.
+    bundle = json.loads(base64.b64decode(second["bundle_url"].split(",", 1)[1]))
+    chain = {
+        "kind": "SophieChain",
+        "version": 1,
+        "plan": json.loads(base64.b64decode(second["plan"])),
+        "envelopes": [envelope],
+        "constitution": bundle["constitution"],
+        "change": bundle["change"],
+        "commit": commit,
+        "run": f"https://github.com/{REPO}/actions/runs/{deploy_run}",
+        "artifacts": [
+            {"name": name, "digest": "sha256:" + fakes.github.artifact_digest(REPO, commit, name)}
+            for name in second["artifacts"].split(",")
+        ],
+    }
+    report = verify_chain(chain, verifier)
+    assert report.ok, report.reason
+    forged = {**chain, "commit": "0" * 40}
+    assert "not this one" in verify_chain(forged, verifier).reason
 
     record = await app.rt.store.load(plan_id)
     assert record is not None and record.status == PlanStatus.SUCCEEDED
