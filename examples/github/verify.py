@@ -7,7 +7,9 @@ and no packages: it is the offline twin of ``sophie verify`` and must agree with
 (SOPHIE's test suite runs both on the same good and tampered inputs).
 
     python3 verify.py ENVELOPES --plan PLAN --keys KEYS --constitution BUNDLE \\
-        [--expect-digest SHA256] [--change STATEMENT --commit SHA]
+        [--expect-digest SHA256] [--change STATEMENT --commit SHA] \\
+        [--action ACTION --environment ENV --artifacts CSV --deploy-sha SHA --run-sha SHA
+         [--plan-id ID] [--repo OWNER/NAME] [--ref REF]]
 
 ENVELOPES, PLAN: files (or inline text) of JSON or base64 JSON, as the dispatch inputs
 carry them. KEYS: SOPHIE's published keys (``/.well-known/sophie/keys`` JSON) or one
@@ -22,8 +24,10 @@ approver authorised by the constitution, from the plan's workspace, not the requ
 when separation of duties says so, counted once; the quorum and the distinct groups of
 the plan's level. With ``--change`` (the deploy of a generated change), also the signed
 change statement: SOPHIE checked the diff that produced ``--commit`` for this plan (its
-digest and id), in this repository, under this constitution. Exit status: 0 authorised,
-1 rejected, 2 unreadable input.
+digest and id), in this repository, under this constitution. With ``--action`` (the
+pipeline always passes it), also that what the workflow was asked to run is what the plan
+says (:func:`run_problem`): the dispatch inputs, the commit the run is on and its ref.
+Exit status: 0 authorised, 1 rejected, 2 unreadable input.
 """
 
 from __future__ import annotations
@@ -415,6 +419,102 @@ def verify_change(
     return ""
 
 
+def _short_ref(ref: str) -> str:
+    for prefix in ("refs/heads/", "refs/tags/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix) :]
+    return ref
+
+
+def run_problem(
+    plan: dict[str, Any],
+    action: str,
+    environment: str,
+    artifacts: str,
+    deploy_sha: str,
+    run_sha: str,
+    change_checked_commit: str | None,
+    plan_id: str | None = None,
+    repo: str | None = None,
+    ref: str | None = None,
+) -> str:
+    """ "" when the workflow was asked to run what the plan says; otherwise the reason.
+
+    ``action`` .. ``deploy_sha`` are the dispatch inputs, ``run_sha`` the commit the run is
+    on (``$GITHUB_SHA``), ``change_checked_commit`` the commit a verified change statement
+    binds this plan to (None: no statement came). ``plan_id``, ``repo`` (``$GITHUB_REPOSITORY``)
+    and ``ref`` (``$GITHUB_REF``) are checked when given. A plan whose ``target.implement`` is
+    true runs twice: ``implement`` on the plan's ref (its head is the base), then its action
+    on ``sophie/<plan id>``, the generated commit SOPHIE checked and signed.
+    """
+    target = plan["target"]
+    planned = target.get("action", "deploy")
+    implement = target.get("implement", False) is True
+    if plan_id is not None and plan_id != plan["id"]:
+        return f"the workflow was dispatched for plan {plan_id}, but the plan is {plan['id']}"
+    if repo is not None and repo.lower() != str(target["repo"]).lower():
+        return f"this workflow runs in {repo}, but the plan is for {target['repo']}"
+    if environment != target["environment"]:
+        return (
+            f"the workflow was asked to run in {environment or '(none)'}, "
+            f"but the plan targets {target['environment']}"
+        )
+    wanted = ",".join(plan["artifacts"])
+    if artifacts != wanted:
+        return (
+            f"the workflow was asked to build artifacts {artifacts or '(none)'}, "
+            f"but the plan has {wanted or '(none)'}"
+        )
+    expected_ref = target["ref"]
+    if action == "implement":
+        if not implement or planned == "rollback":
+            return "the plan does not ask the pipeline to implement its change"
+        if deploy_sha:
+            return "an implement run builds on the plan's ref: deploy_sha must be empty"
+        if change_checked_commit is not None:
+            return "an implement run takes no change statement"
+    elif action == "rollback":
+        if planned != "rollback":
+            return f"the plan's action is {planned}, not rollback"
+        if not target.get("sha") or deploy_sha != target["sha"]:
+            return (
+                f"the workflow was asked to restore {deploy_sha[:12] or '(nothing)'}, "
+                f"but the plan restores {str(target.get('sha'))[:12] or '(nothing)'}"
+            )
+        if change_checked_commit is not None:
+            return "a rollback takes no change statement"
+    elif action in ("deploy", "build"):
+        if action != planned:
+            return f"the plan's action is {planned}, not {action}"
+        if implement:
+            if change_checked_commit is None:
+                return (
+                    "the plan's change must be implemented and checked before it "
+                    f"{'deploys' if action == 'deploy' else 'builds'}: no change statement came"
+                )
+            if deploy_sha != change_checked_commit:
+                return (
+                    f"deploy_sha {deploy_sha[:12] or '(empty)'} is not the checked commit "
+                    f"{change_checked_commit[:12]}"
+                )
+            if run_sha != change_checked_commit:
+                return (
+                    f"this run is on commit {run_sha[:12] or '(unknown)'}, not the checked "
+                    f"commit {change_checked_commit[:12]}"
+                )
+            expected_ref = f"sophie/{plan['id']}"
+        else:
+            if deploy_sha:
+                return "deploy_sha is only for a rollback or a generated change"
+            if change_checked_commit is not None:
+                return "the plan has no change to implement, so no change statement belongs"
+    else:
+        return f"unknown action {action!r}"
+    if ref is not None and _short_ref(ref) != _short_ref(expected_ref):
+        return f"this run is on ref {_short_ref(ref)}, but the plan runs on {expected_ref}"
+    return ""
+
+
 def _binding_problem(pred: dict[str, Any], plan: dict[str, Any], digest: str, now: datetime) -> str:
     target = plan["target"]
     if pred.get("planId") != plan["id"]:
@@ -558,9 +658,31 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--expect-digest", default="")
     parser.add_argument("--change", default=None)
     parser.add_argument("--commit", default=None)
+    run = parser.add_argument_group(
+        "what the workflow was asked to run (checked against the plan when --action is given)"
+    )
+    run.add_argument("--action", default=None, help="the dispatch's action input")
+    run.add_argument("--environment", default=None, help="the dispatch's environment input")
+    run.add_argument("--artifacts", default=None, help="the dispatch's artifacts input (CSV)")
+    run.add_argument("--deploy-sha", default=None, help="the dispatch's deploy_sha input")
+    run.add_argument("--run-sha", default=None, help="the commit the run is on ($GITHUB_SHA)")
+    run.add_argument("--plan-id", default=None, help="the dispatch's plan_id input")
+    run.add_argument("--repo", default=None, help="the repository ($GITHUB_REPOSITORY)")
+    run.add_argument("--ref", default=None, help="the run's ref ($GITHUB_REF)")
     args = parser.parse_args(argv)
     if (args.change is None) != (args.commit is None):
         print("error: --change and --commit go together", file=sys.stderr)
+        return 2
+    companions = (args.environment, args.artifacts, args.deploy_sha, args.run_sha)
+    extras = (args.plan_id, args.repo, args.ref)
+    if args.action is None and any(v is not None for v in companions + extras):
+        print("error: the run flags go with --action", file=sys.stderr)
+        return 2
+    if args.action is not None and any(v is None for v in companions):
+        print(
+            "error: --action needs --environment, --artifacts, --deploy-sha and --run-sha",
+            file=sys.stderr,
+        )
         return 2
     try:
         envelopes = read_json_or_base64(args.envelopes)
@@ -596,6 +718,19 @@ def main(argv: list[str] | None = None) -> int:
         )
         if not reason and change is not None:
             reason = verify_change(change, plan, constitution_digest, keys, args.commit)
+        if not reason and args.action is not None:
+            reason = run_problem(
+                plan,
+                args.action,
+                args.environment,
+                args.artifacts,
+                args.deploy_sha,
+                args.run_sha,
+                args.commit if change is not None else None,
+                args.plan_id,
+                args.repo,
+                args.ref,
+            )
     except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
         reason = f"malformed input: {type(exc).__name__}: {exc}"
     if reason:
@@ -607,6 +742,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if change is not None:
         print(f"OK: the change of plan {plan['id']} to commit {args.commit} was checked")
+    if args.action is not None:
+        print(f"OK: {args.action} in {args.environment} is what plan {plan['id']} says")
     return 0
 
 

@@ -40,7 +40,7 @@ from roles.change_check import Change, ChangedFile
 from roles.constitution import Constitution, load_constitution
 from roles.offline_planner import OfflinePlanner
 from roles.plan import Plan
-from roles.records import Actor
+from roles.records import Actor, ProducedChange
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples/github/verify.py"
@@ -409,6 +409,192 @@ async def test_both_verifiers_check_the_change_statement_alike(
     assert ok[1] == f"OK: the change of plan {staging.id} to commit {COMMIT} was checked"
 
 
+def _target_plan(**target: Any) -> dict[str, Any]:
+    """The parts of a plan document :func:`run_problem` reads."""
+    return {
+        "id": "plan_00000000000000aa",
+        "artifacts": ["docker", "deb"],
+        "target": {
+            "repo": "acme/auth-service",
+            "ref": "main",
+            "environment": "staging",
+            "workflow": "sophie-pipeline.yml",
+            "action": "deploy",
+            "sha": "",
+            **target,
+        },
+    }
+
+
+HEAD = "9" * 40
+GOOD = "a" * 40  # the last known good commit of a rollback
+ROLLBACK = {"action": "rollback", "sha": GOOD}
+BRANCH = "refs/heads/sophie/plan_00000000000000aa"
+# The second run of a plan that implements: on the checked commit, with its statement.
+CHECKED = {"deploy_sha": COMMIT, "run_sha": COMMIT, "change": COMMIT}
+
+
+@pytest.mark.parametrize(
+    ("target", "run", "expect"),
+    [
+        # As SOPHIE dispatches them: accepted.
+        ({}, {}, ""),
+        ({}, {"plan_id": "plan_00000000000000aa", "repo": "acme/auth-service", "ref": "main"}, ""),
+        ({}, {"repo": "Acme/Auth-Service", "ref": "refs/heads/main"}, ""),  # names ignore case
+        ({"action": "build"}, {"action": "build"}, ""),
+        ({"implement": True}, {"action": "implement", "ref": "refs/heads/main"}, ""),
+        ({"implement": True}, {**CHECKED, "ref": BRANCH}, ""),
+        ({"implement": True, "action": "build"}, {**CHECKED, "action": "build"}, ""),
+        (ROLLBACK, {"action": "rollback", "deploy_sha": GOOD}, ""),
+        # Inputs that are not what the plan says.
+        ({}, {"environment": "production"}, "asked to run in production, but the plan targets"),
+        ({}, {"environment": ""}, "asked to run in (none)"),
+        ({}, {"artifacts": "docker,deb,rpm"}, "build artifacts docker,deb,rpm, but the plan has"),
+        ({}, {"artifacts": "deb,docker"}, "build artifacts deb,docker"),
+        ({}, {"artifacts": ""}, "build artifacts (none)"),
+        ({}, {"plan_id": "plan_00000000000000bb"}, "dispatched for plan plan_00000000000000bb"),
+        ({}, {"repo": "acme/web-frontend"}, "runs in acme/web-frontend, but the plan is for"),
+        ({}, {"ref": "refs/heads/evil"}, "on ref evil, but the plan runs on main"),
+        ({}, {"action": "launch"}, "unknown action 'launch'"),
+        ({}, {"action": "build"}, "the plan's action is deploy, not build"),
+        ({}, {"deploy_sha": HEAD}, "deploy_sha is only for a rollback or a generated change"),
+        ({}, CHECKED, "deploy_sha is only for a rollback or a generated change"),
+        ({}, {"change": COMMIT}, "no change statement belongs"),
+        # implement is only for a plan that asks for it, and carries nothing to deploy.
+        ({}, {"action": "implement"}, "does not ask the pipeline to implement"),
+        ({**ROLLBACK, "implement": True}, {"action": "implement"}, "does not ask the pipeline"),
+        ({"implement": True}, {"action": "implement", "deploy_sha": HEAD}, "must be empty"),
+        ({"implement": True}, {"action": "implement", "change": COMMIT}, "takes no change"),
+        ({"implement": True}, {"action": "implement", "ref": BRANCH}, "but the plan runs on main"),
+        # The deploy of a plan that implements: only its checked commit, and only from it.
+        ({"implement": True}, {}, "implemented and checked before it deploys: no change statement"),
+        ({"implement": True, "action": "build"}, {"action": "build"}, "before it builds"),
+        ({"implement": True}, {**CHECKED, "deploy_sha": HEAD}, "deploy_sha 999999999999 is not"),
+        ({"implement": True}, {**CHECKED, "deploy_sha": ""}, "deploy_sha (empty) is not"),
+        (
+            {"implement": True},
+            {**CHECKED, "run_sha": HEAD},
+            f"this run is on commit {HEAD[:12]}, not the checked commit {COMMIT[:12]}",
+        ),
+        ({"implement": True}, {**CHECKED, "run_sha": ""}, "this run is on commit (unknown)"),
+        ({"implement": True}, {**CHECKED, "ref": "main"}, "but the plan runs on sophie/plan_"),
+        ({"implement": True}, {"action": "rollback", "deploy_sha": GOOD}, "not rollback"),
+        # A rollback restores exactly the plan's commit.
+        (ROLLBACK, {"action": "rollback", "deploy_sha": HEAD}, "asked to restore 999999999999"),
+        (ROLLBACK, {"action": "rollback"}, "asked to restore (nothing)"),
+        ({"action": "rollback"}, {"action": "rollback"}, "the plan restores (nothing)"),
+        (ROLLBACK, {"action": "rollback", "deploy_sha": GOOD, "change": GOOD}, "takes no change"),
+        (ROLLBACK, {}, "the plan's action is rollback, not deploy"),
+        (
+            {},
+            {"action": "rollback", "deploy_sha": GOOD},
+            "the plan's action is deploy, not rollback",
+        ),
+    ],
+)
+def test_run_problem_refuses_runs_the_plan_does_not_say(
+    target: dict[str, Any], run: dict[str, Any], expect: str
+) -> None:
+    given: dict[str, Any] = {
+        "action": "deploy",
+        "environment": "staging",
+        "artifacts": "docker,deb",
+        "deploy_sha": "",
+        "run_sha": HEAD,
+        "change": None,
+        "plan_id": None,
+        "repo": None,
+        "ref": None,
+        **run,
+    }
+    reason = verifier.run_problem(
+        _target_plan(**target),
+        given["action"],
+        given["environment"],
+        given["artifacts"],
+        given["deploy_sha"],
+        given["run_sha"],
+        given["change"],
+        given["plan_id"],
+        given["repo"],
+        given["ref"],
+    )
+    if expect:
+        assert expect in reason, reason
+    else:
+        assert reason == ""
+
+
+async def test_the_verifier_checks_the_run_after_the_signatures(
+    constitution: Constitution, ring: KeyRing, tmp_path: Path
+) -> None:
+    """`verify.py` with the run flags, on signed inputs: what it says and its exit status."""
+    plan = _implementing(await _plan(constitution, "Add caching to auth, deploy to staging"))
+    approved = [_decide(plan, constitution, ring, ALICE)]
+    files = {
+        "envelopes": approved,
+        "plan": plan.document(),
+        "keys": _keys(ring),
+        "constitution": integrator.constitution_bundle(constitution),
+        "change": _checked(plan, constitution, ring),
+        "other": _checked(plan, constitution, ring, commit="3" * 40),
+    }
+    for name, doc in files.items():
+        (tmp_path / f"{name}.json").write_text(json.dumps(doc))
+    signed = [str(tmp_path / "envelopes.json")]
+    for flag in ("plan", "keys", "constitution"):
+        signed += [f"--{flag}", str(tmp_path / f"{flag}.json")]
+    run = [
+        "--environment",
+        plan.target.environment,
+        "--artifacts",
+        ",".join(plan.artifacts),
+        "--run-sha",
+        COMMIT,
+    ]
+    change = ["--change", str(tmp_path / "change.json"), "--commit", COMMIT]
+    other = ["--change", str(tmp_path / "other.json"), "--commit", "3" * 40]
+    cases: dict[str, tuple[list[str], int, str]] = {
+        "implement": (["--action", "implement", "--deploy-sha", "", *run], 0, "OK: implement"),
+        "deploy the checked commit": (
+            ["--action", "deploy", "--deploy-sha", COMMIT, *run, *change],
+            0,
+            f"OK: deploy in {plan.target.environment} is what plan {plan.id} says",
+        ),
+        "deploy without the change": (
+            ["--action", "deploy", "--deploy-sha", COMMIT, *run],
+            1,
+            "REJECTED: the plan's change must be implemented and checked",
+        ),
+        "a change checked for another commit": (
+            ["--action", "deploy", "--deploy-sha", "3" * 40, *run, *other],
+            1,
+            f"REJECTED: this run is on commit {COMMIT[:12]}, not the checked commit 333333333333",
+        ),
+        "the signatures first": (
+            ["--action", "deploy", "--deploy-sha", COMMIT, *run, "--plan-id", plan.id],
+            1,
+            "REJECTED",
+        ),
+        "no run flags": ([], 0, f"(sha256:{plan.digest}) at level"),
+        "--action alone": (["--action", "deploy"], 2, "--action needs --environment"),
+        "run flags without --action": (run, 2, "the run flags go with --action"),
+        "--ref without --action": (["--ref", "main"], 2, "go with --action"),
+    }
+    for name, (argv, status, says) in cases.items():
+        out, err = io.StringIO(), io.StringIO()
+        with redirect_stdout(out), redirect_stderr(err):
+            code = verifier.main([*signed, *argv])
+        lines = (out.getvalue() + err.getvalue()).strip().splitlines()
+        assert code == status and says in lines[-1], (name, code, lines)
+    # Tampering is found before the run is judged: a tampered plan says so, not "the run".
+    (tmp_path / "plan.json").write_text(json.dumps(_tamper_plan(plan.document())))
+    err = io.StringIO()
+    with redirect_stdout(io.StringIO()), redirect_stderr(err):
+        assert verifier.main([*signed, "--action", "implement", "--deploy-sha", "", *run]) == 1
+    assert "the plan changed after it was approved" in err.getvalue()
+
+
 def test_canonical_json_and_ed25519_are_the_libraries_own() -> None:
     rng = random.Random(8785)
     floats = [0.1, 0.05, 1e21, 1e-7, 5e-324, 1.7976931348623157e308, -0.0, 1e20, 123.456]
@@ -446,29 +632,95 @@ def test_canonical_json_and_ed25519_are_the_libraries_own() -> None:
     assert not verifier.ed25519_verify(identity, b"m", sig)
 
 
+def _expand(value: object, context: dict[str, str]) -> str:
+    """A workflow value with its ``${{ name }}`` expressions looked up in ``context``."""
+    return re.sub(r"\$\{\{\s*([\w.-]+)\s*\}\}", lambda m: context[m.group(1)], str(value))
+
+
+def _implementing(plan: Plan) -> Plan:
+    """``plan`` with its target asking the pipeline to implement its change steps."""
+    doc = plan.document()
+    return Plan.from_document({**doc, "target": {**doc["target"], "implement": True}})
+
+
 async def test_the_template_collects_and_verifies_what_sophie_dispatches(
     constitution: Constitution, ring: KeyRing, tmp_path: Path
 ) -> None:
-    """The verify job's steps, run as written, on both ways the plan travels."""
+    """The verify job's steps, run as written, on both ways the plan travels, for both
+    runs of a plan that implements, and on runs that are not what the plan says."""
     plan = await _plan(constitution, "deploy auth to staging")
     envelopes = [_decide(plan, constitution, ring, ALICE)]
+    changing = _implementing(await _plan(constitution, "Add caching to auth, deploy to staging"))
+    approved = [_decide(changing, constitution, ring, ALICE)]
+    checked = _checked(changing, constitution, ring)
+    produced = ProducedChange(f"sophie/{changing.id}", COMMIT, BASE_SHA, statement=checked)
     keys = json.dumps(_keys(ring))
     job = yaml.safe_load(TEMPLATE.read_text())["jobs"]["verify"]
     steps = {step.get("name"): step for step in job["steps"]}
-    collect = steps["Collect plan, envelopes, constitution and keys"]["run"]
-    check = steps["Check the verifier is the pinned one"]["run"]
-    verify = steps["Verify digest, signatures, expiry, constitution and quorum"]["run"]
+    collect = steps["Collect plan, envelopes, constitution and keys"]
+    check = steps["Check the verifier is the pinned one"]
+    verify = steps["Verify digest, signatures, expiry, constitution and quorum"]
     pinned = yaml.safe_load(TEMPLATE.read_text())["env"]["VERIFIER_SHA256"]
     inline = integrator.workflow_inputs(plan, envelopes, None, "c.1", constitution)
     assert inline["bundle_url"].startswith("data:application/json;base64,")
-    for name, inputs, served in (
-        ("inline", inline, None),
-        ("fetched", {**inline, "plan": "", "envelopes": "", "bundle_url": "https://x"}, True),
-        ("no constitution", {**inline, "bundle_url": ""}, None),
-    ):
-        work = tmp_path / name
+    phase1 = integrator.workflow_inputs(
+        changing, approved, None, "c.1", constitution, implementing=True
+    )
+    phase2 = integrator.workflow_inputs(
+        changing, approved, None, "c.2", constitution, change=produced
+    )
+    assert phase1["action"] == "implement" and phase2["deploy_sha"] == COMMIT
+    on_main, on_branch = "refs/heads/main", f"refs/heads/sophie/{changing.id}"
+    head = "9" * 40
+    # name: (dispatch inputs, the run's commit, its ref, what the verify step says)
+    cases: dict[str, tuple[dict[str, str], str, str, str]] = {
+        "inline": (inline, head, on_main, "OK"),
+        "fetched": (
+            {**inline, "plan": "", "envelopes": "", "bundle_url": "https://x"},
+            head,
+            on_main,
+            "OK",
+        ),
+        "no constitution": ({**inline, "bundle_url": ""}, head, on_main, "no constitution"),
+        "another environment": (
+            {**inline, "environment": "production"},
+            head,
+            on_main,
+            "REJECTED: the workflow was asked to run in production",
+        ),
+        "another plan id": (
+            {**inline, "plan_id": "plan_0000000000000000"},
+            head,
+            on_main,
+            "REJECTED: the workflow was dispatched for plan plan_0000000000000000",
+        ),
+        "another branch": (inline, head, "refs/heads/evil", "REJECTED: this run is on ref evil"),
+        "implement, phase 1": (phase1, head, on_main, "OK"),
+        "implement, the plan's action instead": (
+            {**phase1, "action": "deploy"},
+            head,
+            on_main,
+            "REJECTED: the plan's change must be implemented and checked before it deploys",
+        ),
+        "implement, phase 2": (phase2, COMMIT, on_branch, "OK"),
+        "phase 2 on another commit": (
+            phase2,
+            head,
+            on_branch,
+            f"REJECTED: this run is on commit {head[:12]}, not the checked commit",
+        ),
+        "phase 2, deploy_sha of another commit": (
+            {**phase2, "deploy_sha": head},
+            head,
+            on_branch,
+            "REJECTED: the change statement is for commit 222222222222, not this one",
+        ),
+    }
+    for name, (inputs, sha, ref, says) in cases.items():
+        work = tmp_path / re.sub(r"\W+", "-", name)
         (work / ".github/sophie").mkdir(parents=True)
         (work / ".github/sophie/verify.py").write_bytes(SCRIPT.read_bytes())
+        served = inputs["bundle_url"] == "https://x"
         if served:  # curl stands in for SOPHIE's bundle URL
             (work / "bin").mkdir()
             (work / "served.json").write_text(integrator.bundle(plan, envelopes, constitution))
@@ -478,26 +730,37 @@ async def test_the_template_collects_and_verifies_what_sophie_dispatches(
                 f'#!/bin/sh\nwhile [ "$1" != "-o" ]; do shift; done\ncp {served_file} "$2"\n'
             )
             curl.chmod(0o755)
+        context = {f"inputs.{k}": inputs.get(k, "") for k in (*inline, *phase2, "deploy_sha")}
+        context["vars.SOPHIE_PUBLIC_KEYS"] = keys
         env = {
             "PATH": f"{work / 'bin'}:/usr/bin:/bin",
-            "PLAN_B64": inputs.get("plan", ""),
-            "ENVELOPES_B64": inputs.get("envelopes", ""),
-            "BUNDLE_URL": inputs["bundle_url"],
-            "PINNED_KEYS": keys,
-            "PLAN_DIGEST": inputs["plan_digest"],
             "VERIFIER_SHA256": pinned,
+            "GITHUB_SHA": sha,
+            "GITHUB_REF": ref,
+            "GITHUB_REPOSITORY": plan.target.repo,
         }
         ran = [
             subprocess.run(
-                ["bash", "-c", script], cwd=work, env=env, capture_output=True, text=True
+                ["bash", "-e", "-c", step["run"]],
+                cwd=work,
+                env={**env, **{k: _expand(v, context) for k, v in step.get("env", {}).items()}},
+                capture_output=True,
+                text=True,
             )
-            for script in (check, collect, verify.replace("\n", " "))
+            for step in (check, collect, verify)
         ]
         if name == "no constitution":
             assert ran[1].returncode != 0 and "no constitution" in ran[1].stdout
             continue
-        assert [r.returncode for r in ran] == [0, 0, 0], (name, [r.stderr for r in ran])
-        assert ran[2].stdout.startswith(f"OK: 1 decision(s) authorise plan {plan.id}")
+        assert [r.returncode for r in ran[:2]] == [0, 0], (name, [r.stderr for r in ran])
+        if says != "OK":
+            assert ran[2].returncode == 1 and says in ran[2].stderr, (name, ran[2].stderr)
+            continue
+        assert ran[2].returncode == 0, (name, ran[2].stderr)
+        checked_plan = changing if name.startswith("implement") else plan
+        assert ran[2].stdout.startswith(f"OK: 1 decision(s) authorise plan {checked_plan.id}"), name
+        # The change statement, when it came, is kept with the plan for the chain.
+        assert (work / "change.json").exists() is (name == "implement, phase 2"), name
 
 
 def test_the_verifier_needs_only_the_standard_library(tmp_path: Path) -> None:
