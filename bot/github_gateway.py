@@ -45,6 +45,8 @@ IMAGE_NOTICE = "sophie-image"
 # The implement job's report (compact JSON) and, when it fails, its one-line reason.
 CHANGE_NOTICE = "sophie-change"
 IMPLEMENT_FAILURE = "sophie-implement"
+# The verify job's refusal (any run): the thread says why nothing ran.
+VERIFY_FAILURE = "sophie-verify"
 # Release assets worth linking in the thread (installers and archives).
 _ASSET_SUFFIXES = (".deb", ".rpm", ".dmg", ".pkg", ".msi", ".exe", ".zip", ".tar.gz", ".tgz")
 # How far back the deployment history is read for a rollback (each costs one request).
@@ -219,12 +221,13 @@ class GitHubGateway:
             info.release_assets = self._release_assets(repo, run.head_sha)
             notices = self._notices(repo, run)
             info.images = list(dict.fromkeys(notices.get(IMAGE_NOTICE, [])))[:10]
+            failures = notices.get(VERIFY_FAILURE, [])
             if previous.phase == "implement":
                 info.phase = "implement"
                 info.change = produced_change(notices.get(CHANGE_NOTICE, []))
-                failures = notices.get(IMPLEMENT_FAILURE, [])
-                if failures:
-                    info.detail = failures[0][:500]
+                failures = failures or notices.get(IMPLEMENT_FAILURE, [])
+            if failures:
+                info.detail = failures[0][:500]
         return info
 
     @staticmethod

@@ -357,6 +357,8 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
             where += f" › {escape(run.failing_step, 100)}"
         log = f" — {_link(run.log_url, 'log')}" if run.log_url else ""
         lines.append(f"*Failed at:* {where}{log}")
+    if not ok and run.detail:
+        lines.append(f"*Why:* {escape(run.detail, 500)}")
     fallback = f"Plan {plan.id} {status}"
     if run.staging_url and ok:
         fallback += f": {run.staging_url}"

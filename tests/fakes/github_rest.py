@@ -348,7 +348,8 @@ class Implemented:
 # (dispatch inputs, the base commit's tree as {path: text}) → what the job did.
 Implementer = Callable[[dict[str, str], dict[str, str]], Implemented]
 # (dispatch inputs, the run's head sha) → why the plan does not verify ("" = it does).
-Verifier = Callable[[dict[str, str], str], str]
+# (dispatch inputs, the run's head sha, GITHUB_REF) → "" or why the verify job fails.
+Verifier = Callable[[dict[str, str], str, str], str]
 
 CACHE_MODULE = """\
 \"\"\"A small in-process cache for user lookups.\"\"\"
@@ -1135,7 +1136,8 @@ class FakeGitHub:
             reason = "the signed plan did not verify"
         elif self.verify_with is not None:
             try:
-                reason = self.verify_with(dict(run.inputs), run.head_sha)
+                ref = run.ref if run.ref.startswith("refs/") else f"refs/heads/{run.ref}"
+                reason = self.verify_with(dict(run.inputs), run.head_sha, ref)
             except Exception as exc:  # the verify step crashed: the job fails
                 self.errors.append(exc)
                 reason = f"verify crashed: {type(exc).__name__}: {exc}"

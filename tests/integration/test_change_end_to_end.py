@@ -31,6 +31,7 @@ from tests.fakes.server import ThreadedServer
 from tests.harness import LLM_KEY, App, eventually, settings_for, start_app
 from tests.integration.conftest import ALICE, BOB, CHANNEL, DAVE, REPO, Fakes
 from tests.integration.test_end_to_end import _buttons, _text, cards, click, dispatched_inputs
+from tests.pipeline_verify import as_the_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
 Implementer = Callable[[dict[str, str], dict[str, str]], Implemented]
@@ -206,6 +207,9 @@ async def scene(
         constitution=constitution,
     )
     app = await start_app(settings)
+    # Every run's verify job runs the pinned verifier with the template's flags.
+    keys = await (await app.session.get(f"{app.url}/.well-known/sophie/keys")).text()
+    fakes.github.verify_with = as_the_pipeline(keys, tmp_path / "verify", REPO)
     yield Scene(fakes, app, tmp_path)
     await app.close()
 
@@ -236,6 +240,22 @@ async def test_the_seed_directive_becomes_a_checked_commit_deployed_to_staging(
     record = await scene.app.rt.store.load(plan_id)
     assert record is not None and record.run is not None and record.run.change is not None
     assert record.run.change.verdict == "checked" and record.run.change.files == 2
+    # Both runs were verified by the pinned verifier (plan, approvals, run, change).
+    assert len(list((scene.tmp / "verify").iterdir())) == 2
+
+
+async def test_a_pipeline_that_pins_other_keys_refuses_to_implement(
+    scene: Scene, fakes: Fakes, tmp_path: Path
+) -> None:
+    other = json.dumps({"keys": [{"public_key_base64": base64.b64encode(b"k" * 32).decode()}]})
+    fakes.github.verify_with = as_the_pipeline(other, tmp_path / "other", REPO)
+    _, plan_id = await scene.approved(im.SEED)
+    assert await scene.ended(plan_id) == PlanStatus.FAILED
+    assert fakes.github.pulls == [] and fakes.github.deployments == []
+    assert len(dispatched_inputs(fakes)) == 1
+    # The verify job's refusal (its sophie-verify annotation) is what the thread says.
+    said = " ".join(scene.thread_of(plan_id))
+    assert "REJECTED" in said and "known key" in said
 
 
 async def test_a_model_that_writes_a_workflow_is_stopped_and_nothing_deploys(

@@ -312,7 +312,8 @@ def test_verify_with_fails_the_verify_job_and_nothing_runs_after_it(
     fake, gh, _ = served
     calls: list[tuple[str, str]] = []
 
-    def verify(inputs: dict[str, str], head_sha: str) -> str:
+    def verify(inputs: dict[str, str], head_sha: str, ref: str) -> str:
+        assert ref == "refs/heads/main"
         calls.append((inputs["action"], head_sha))
         return "" if inputs["correlation_id"] == "ok" else "signature by an unknown key"
 
