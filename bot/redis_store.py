@@ -392,6 +392,18 @@ class RedisStore:
             await self.audit(f"plan.{to.value}", plan_id, "sophie", {"note": note})
         return bool(done)
 
+    async def add_change_decision(
+        self, plan_id: str, change_digest: str, record: DecisionRecord
+    ) -> bool:
+        # HSETNX: one decision per person on a change, however many clicks race.
+        key = _key("plan", plan_id, "change", change_digest)
+        return bool(await self.r.hsetnx(key, record.actor.user_id, _decision_json(record)))
+
+    async def change_decisions(self, plan_id: str, change_digest: str) -> list[DecisionRecord]:
+        raw = await self.r.hgetall(_key("plan", plan_id, "change", change_digest))
+        decisions = [_decision_from(v.decode()) for v in raw.values()]
+        return sorted(decisions, key=lambda d: d.at)
+
     async def save_run(self, plan_id: str, run: RunInfo) -> None:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hset(

@@ -19,7 +19,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from handlers import blocks
 from handlers.text import escape, user
 from roles.ports import CardContext
-from roles.records import PlanRecord, Thread
+from roles.records import DecisionRecord, PlanRecord, Thread
 
 log = logging.getLogger("sophie.slack")
 
@@ -178,6 +178,30 @@ class SlackNotifier:
             blocks=body,
             unfurl_links=False,
             unfurl_media=False,
+        )
+
+    async def post_change_card(
+        self, record: PlanRecord, decisions: list[DecisionRecord]
+    ) -> str | None:
+        text, body = blocks.change_card(record, decisions)
+        reply = await self.client.chat_postMessage(
+            channel=record.thread.channel,
+            thread_ts=record.thread.thread_ts,
+            text=text,
+            blocks=body,
+            unfurl_links=False,
+            unfurl_media=False,
+        )
+        ts = reply.get("ts")
+        return str(ts) if ts else None
+
+    async def update_change_card(self, record: PlanRecord, decisions: list[DecisionRecord]) -> None:
+        change = record.run.change if record.run is not None else None
+        if change is None or not change.review_ts:
+            return
+        text, body = blocks.change_card(record, decisions)
+        await self.client.chat_update(
+            channel=record.thread.channel, ts=change.review_ts, text=text, blocks=body
         )
 
     async def post_text(self, thread: Thread, text: str) -> None:

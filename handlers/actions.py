@@ -276,6 +276,21 @@ def register(app: AsyncApp, sophie: Sophie) -> None:
         reply = await sophie.start_rollback(click.plan_id, actor)
         _tell(respond, reply.text)
 
+    @app.action(blocks.APPROVE_CHANGE)
+    async def on_approve_change(ack: AsyncAck, body: dict[str, Any], respond: AsyncRespond) -> None:
+        await ack()
+        # The second card's button carries "{plan_id}|{change digest}"; the flow checks
+        # that it is that plan's second card, that change, and who may approve it.
+        actor = actor_from(body)
+        click = click_from(body)
+        if isinstance(click, str):
+            _tell(respond, click)
+            return
+        reply = await sophie.decide_change(
+            click.plan_id, click.digest, actor, click.channel, click.message_ts
+        )
+        _tell(respond, reply.text)
+
     @app.action(blocks.VIEW_PLAN)
     async def on_view(
         ack: AsyncAck, body: dict[str, Any], client: AsyncWebClient, respond: AsyncRespond

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from handlers.text import escape, truncate, user
-from roles import what_runs
+from roles import approvals, what_runs
 from roles.approvals import still_needed
 from roles.plan import ApprovalLevel, Plan, RiskLevel
 from roles.plan_diff import PlanDiff
-from roles.records import DeployLock, PlanRecord, PlanStatus, ProducedChange
+from roles.records import DecisionRecord, DeployLock, PlanRecord, PlanStatus, ProducedChange
 
 Block = dict[str, Any]
 
@@ -18,6 +19,7 @@ VETO = "sophie_veto"
 VIEW_PLAN = "sophie_view_plan"
 REQUEST_CHANGES = "sophie_request_changes"
 ROLLBACK = "sophie_rollback"
+APPROVE_CHANGE = "sophie_approve_change"  # the second card: approve a checked diff
 VETO_MODAL = "sophie_veto_modal"
 CHANGES_MODAL = "sophie_changes_modal"
 REASON_INPUT = ("reason", "reason_input")  # block_id, action_id of the modal's text input
@@ -424,6 +426,54 @@ def change(record: PlanRecord) -> tuple[str, list[Block]]:
     if c.verdict != "checked":
         body.append(_context("Nothing built from this commit deploys."))
     return fallback, body
+
+
+def change_card(record: PlanRecord, decisions: Sequence[DecisionRecord]) -> tuple[str, list[Block]]:
+    """The second card: the checked diff, to be approved before it deploys where the
+    environment deploys only reviewed code. Its button carries the change's digest."""
+    run = record.run
+    assert run is not None and run.change is not None
+    c, plan = run.change, record.plan
+    env = escape(plan.target.environment, 40)
+    who = [d.actor.user_id for d in decisions if d.decision == "approve"]
+    still = approvals.needed_for_change(plan, {d.actor.user_id: d.groups for d in decisions})
+    lines = [
+        f"*Change:* {_change_line(c)}",
+        f"*Diff digest:* `sha256:{c.change_digest[:16]}…` · checked by Δ, signed",
+        f"*Approval needed:* {approval_text(plan)} (the plan's level)",
+    ]
+    if who:
+        lines.append("*Approved by:* " + ", ".join(user(u) for u in who))
+    header = {"type": "header", "text": {"type": "plain_text", "text": f"Δ Review: {plan.id}"}}
+    body: list[Block] = [
+        header,
+        _section(
+            f"{env.capitalize()} deploys only reviewed code. Read the pull request, then "
+            f"approve *this diff* to deploy commit `{c.commit[:12]}` to {env}; or merge it "
+            "and ask again to deploy the default branch."
+        ),
+        _section(truncate("\n".join(lines), 3000)),
+    ]
+    if record.status == PlanStatus.REVIEW and still:
+        body.append(_context("Still needed: " + escape(", ".join(still), 300)))
+        body.append(
+            {
+                "type": "actions",
+                "block_id": "review",
+                "elements": [
+                    {
+                        "type": "button",
+                        "action_id": APPROVE_CHANGE,
+                        "style": "primary",
+                        "text": {"type": "plain_text", "text": "Approve this change"},
+                        "value": f"{plan.id}|{c.change_digest}",
+                    }
+                ],
+            }
+        )
+    elif record.status != PlanStatus.REVIEW:
+        body.append(_context(f"Reviewed: the plan is {record.status.value}."))
+    return f"Review the change of {plan.id} before it deploys to {env}", body
 
 
 def _implement_result(record: PlanRecord) -> tuple[str, list[Block]]:

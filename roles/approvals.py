@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from roles.attestation import EnvelopeError, Verifier, open_envelope
+from roles.attestation import EnvelopeError, Verifier, open_change_decision, open_envelope
 from roles.constitution import Approvers, Constitution
 from roles.plan import ApprovalLevel, Plan
 from roles.records import Actor, DecisionRecord
@@ -167,11 +167,16 @@ def tally(
     constitution: Constitution,
     verifier: Verifier,
     now: datetime,
+    change_digest: str = "",
 ) -> Tally:
     """Re-verify every signed decision against the plan as it is now, and count them.
 
     Fails closed: any decision that does not verify, is bound to something else,
     has expired, or was given by someone who may not give it voids the tally.
+
+    With ``change_digest``, the decisions are those of the second card on the change Δ
+    checked: change decisions (their own statement type) on that digest, judged by the
+    same rules, and at least one person even where the plan's level needs nobody.
     """
     if plan.constitution.digest != constitution.digest_hex:
         return Tally(False, "the constitution changed since this plan was checked")
@@ -181,7 +186,10 @@ def tally(
     by_bot = False
     for decision in decisions:
         try:
-            verified = open_envelope(decision.envelope, verifier)
+            if change_digest:
+                verified = open_change_decision(decision.envelope, verifier)
+            else:
+                verified = open_envelope(decision.envelope, verifier)
             subject = verified.subject_digest
             pred = verified.predicate
         except EnvelopeError as exc:
@@ -191,6 +199,8 @@ def tally(
         if subject != plan.digest:
             return Tally(False, "the plan changed after it was approved")
         problem = _binding_problem(pred, plan, constitution, now)
+        if change_digest and pred.get("changeDigest") != change_digest:
+            problem = "the change was approved as another diff"
         if problem:
             return Tally(False, problem)
         signed = _signed_approver(pred)
@@ -201,6 +211,8 @@ def tally(
             return Tally(False, "the plan was vetoed")
         if pred.get("decision") != "approve":
             return Tally(False, f"unknown decision {pred.get('decision')!r}")
+        if actor.is_bot and change_digest:
+            return Tally(False, "only people approve a produced change")
         if actor.is_bot:
             # The bot's own decision names the key that signed it, and its team.
             if actor.team_id != BOT_TEAM or actor.user_id != f"sophie:{verified.keyid}":
@@ -217,8 +229,8 @@ def tally(
     if level in (ApprovalLevel.AUTONOMOUS, ApprovalLevel.NOTIFICATION):
         if by_bot or approvers:
             return Tally(True, approvers=approvers)
-        return Tally(False, "no signed decision")
-    missing = needed(plan, approvers)
+        return Tally(False, "1 more approver" if change_digest else "no signed decision")
+    missing = needed_for_change(plan, approvers) if change_digest else needed(plan, approvers)
     if missing:
         return Tally(False, ", ".join(missing), approvers)
     return Tally(True, approvers=approvers)
@@ -245,6 +257,14 @@ def needed(plan: Plan, approvers: dict[str, tuple[str, ...]]) -> list[str]:
     for group in _missing_groups(list(approvers.values()), plan.approval.distinct_groups):
         out.append(f"an approver from group {group}")
     return out
+
+
+def needed_for_change(plan: Plan, approvers: dict[str, tuple[str, ...]]) -> list[str]:
+    """What a checked change's second card still waits for: the plan's level, and at
+    least one person where that level needs nobody."""
+    if plan.approval.level in (ApprovalLevel.AUTONOMOUS, ApprovalLevel.NOTIFICATION):
+        return [] if approvers else ["1 more approver"]
+    return needed(plan, approvers)
 
 
 def still_needed(plan: Plan, decisions: Sequence[DecisionRecord]) -> list[str]:

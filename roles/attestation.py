@@ -151,6 +151,43 @@ def open_envelope(envelope: dict[str, Any], verifier: Verifier) -> VerifiedDecis
     return open_statement(envelope, verifier, PREDICATE_TYPE, "a SOPHIE decision")
 
 
+# -- a decision on a produced change (the second card) --------------------------------
+
+# Its own type: an approval of a diff can never be counted as an approval of a plan.
+CHANGE_DECISION_PREDICATE_TYPE = "https://sophie.dev/attestations/change-decision/v1"
+
+
+def change_decision_statement(
+    plan: Plan,
+    change_digest: str,
+    commit: str,
+    actor: Actor,
+    decision: Decision,
+    at: datetime,
+    ttl: timedelta,
+    constitution_digest: str,
+    rule: str = "",
+    groups: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    """A decision on the change Δ checked for ``plan``: the plan's decision predicate,
+    plus the change's digest and commit (also a subject)."""
+    statement = decision_statement(
+        plan, actor, decision, at, ttl, constitution_digest, rule, groups
+    )
+    statement["predicateType"] = CHANGE_DECISION_PREDICATE_TYPE
+    commit_subject = {"name": f"git:{plan.target.repo}", "digest": {"gitCommit": commit}}
+    statement["subject"].append(commit_subject)
+    statement["predicate"].update({"changeDigest": change_digest, "commitSha": commit})
+    return statement
+
+
+def open_change_decision(envelope: dict[str, Any], verifier: Verifier) -> VerifiedDecision:
+    """Verify a change decision's signature and return its statement."""
+    return open_statement(
+        envelope, verifier, CHANGE_DECISION_PREDICATE_TYPE, "a SOPHIE change decision"
+    )
+
+
 # -- the change statement: plan digest → the commit Δ checked -----------------------
 
 CHANGE_PREDICATE_TYPE = "https://sophie.dev/attestations/change/v1"

@@ -620,8 +620,8 @@ def deploy_allowed(environment_rule: EnvironmentRule, status: ChangeStatus) -> s
     if status.on_default_branch or status.diff_approved:
         return None
     return (
-        "this environment deploys only reviewed code: review and merge the pull request, "
-        "then ask again to deploy the default branch (it deploys the merged commit as it is)"
+        "this environment deploys only reviewed code: approve the diff on the card below, or "
+        "review and merge the pull request and ask again to deploy the default branch"
     )
 
 

@@ -121,6 +121,7 @@ class ProducedChange:
     change_digest: str = ""
     statement: dict[str, Any] | None = None  # the signed change statement (DSSE envelope)
     on_default_branch: bool = False  # merged after review when Δ checked it
+    review_ts: str = ""  # the second card, when the environment wants the diff reviewed
     file_list: list[tuple[str, int, int]] = field(default_factory=list)  # path, +, −
 
     @classmethod

@@ -16,6 +16,7 @@ from roles.flows import (
     locking,
     planning,
     reconciling,
+    reviewing,
     rollback,
     tracking,
 )
@@ -40,6 +41,12 @@ class Sophie(Context):
         check_only: bool = False,
     ) -> Reply:
         return await deciding.decide(self, plan_id, digest, actor, decision, reason, check_only)
+
+    async def decide_change(
+        self, plan_id: str, change_digest: str, actor: Actor, channel: str, message_ts: str
+    ) -> Reply:
+        """The second card: approve a checked change for an environment that wants review."""
+        return await reviewing.decide(self, plan_id, change_digest, actor, channel, message_ts)
 
     async def request_changes(
         self, plan_id: str, digest: str, actor: Actor, feedback: str

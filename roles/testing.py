@@ -64,6 +64,7 @@ class MemoryStore:
         self.held_locks: dict[str, DeployLock] = {}
         self.memos: dict[str, dict[str, str]] = {}
         self.changed: dict[str, float] = {}  # plan id → when its record last changed
+        self.change_votes: dict[tuple[str, str], dict[str, DecisionRecord]] = {}
 
     async def claim_event(self, key: str, ttl_seconds: int) -> bool:
         if key in self.claims:
@@ -179,6 +180,19 @@ class MemoryStore:
         self.changed[plan_id] = self.clock().timestamp()
         await self.audit(f"plan.{to.value}", plan_id, "sophie", {"note": note})
         return True
+
+    async def add_change_decision(
+        self, plan_id: str, change_digest: str, record: DecisionRecord
+    ) -> bool:
+        decided = self.change_votes.setdefault((plan_id, change_digest), {})
+        if record.actor.user_id in decided:
+            return False
+        decided[record.actor.user_id] = record
+        return True
+
+    async def change_decisions(self, plan_id: str, change_digest: str) -> list[DecisionRecord]:
+        decided = self.change_votes.get((plan_id, change_digest), {})
+        return sorted(decided.values(), key=lambda d: d.at)
 
     async def save_run(self, plan_id: str, run: RunInfo) -> None:
         self.plans[plan_id].run = replace(run)
@@ -360,6 +374,17 @@ class RecordingNotifier:
         change = record.run.change if record.run else None
         verdict = change.verdict if change else ""
         self.posted.append(Posted("change", record.thread, verdict, record.plan.id))
+
+    async def post_change_card(
+        self, record: PlanRecord, decisions: list[DecisionRecord]
+    ) -> str | None:
+        ts = self._next()
+        self.posted.append(Posted("change_card", record.thread, ts, record.plan.id))
+        return ts
+
+    async def update_change_card(self, record: PlanRecord, decisions: list[DecisionRecord]) -> None:
+        who = ",".join(d.actor.user_id for d in decisions)
+        self.posted.append(Posted("change_card_update", record.thread, who, record.plan.id))
 
     async def post_text(self, thread: Thread, text: str) -> None:
         self.posted.append(Posted("text", thread, text))

@@ -7,6 +7,7 @@ import logging
 from dataclasses import replace
 
 from roles import attestation, change_check
+from roles.flows import reviewing
 from roles.flows.context import Context, lease_owner
 from roles.plan import RuleHit
 from roles.ports import CIRateLimited
@@ -23,7 +24,7 @@ def implementing(record: PlanRecord) -> bool:
     return change is None or change.verdict != "checked"
 
 
-def change_problem(ctx: Context, record: PlanRecord) -> str | None:
+async def change_problem(ctx: Context, record: PlanRecord) -> str | None:
     """Why a plan that implements may not deploy the change it carries, or None.
 
     The dispatch gate asks this with the approvals: the change statement must verify
@@ -46,7 +47,9 @@ def change_problem(ctx: Context, record: PlanRecord) -> str | None:
         return why
     env_rule = constitution.environments[record.plan.target.environment]
     status = change_check.ChangeStatus(
-        checked=True, on_default_branch=change.on_default_branch, diff_approved=False
+        checked=True,
+        on_default_branch=change.on_default_branch,
+        diff_approved=await reviewing.diff_approved(ctx, record),
     )
     return change_check.deploy_allowed(env_rule, status)
 
@@ -157,10 +160,12 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
         {"commit": checked.commit, "change_digest": checked.change_digest, **change.stat()},
     )
     await ctx.notifier.post_change(record)
-    blocked = change_problem(ctx, record)
+    blocked = await change_problem(ctx, record)
     if blocked:
-        # Only the environment's rule for generated changes can hold a change just signed.
+        # Only the environment's rule for generated changes can hold a change just signed:
+        # the plan waits for review (the slot freed) and the second card asks for it.
         await tracking.finish(ctx, record, PlanStatus.REVIEW, blocked)
+        await reviewing.ask(ctx, plan.id)
         return True
     # Back to approved: the dispatch job (gate, slot, marker) sends the deploy run.
     if await ctx.store.transition(plan.id, {PlanStatus.RUNNING}, PlanStatus.APPROVED):

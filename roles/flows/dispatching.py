@@ -37,14 +37,16 @@ async def dispatch(ctx: Context, plan_id: str) -> None:
         await ctx.store.release_lease(lease, owner)
 
 
-def gate(ctx: Context, record: PlanRecord) -> str | None:
+async def gate(ctx: Context, record: PlanRecord) -> str | None:
     """Why an approved plan may not run now: the decisions must still add up, and what
     runs must still be exactly what the constitution derives for it."""
     constitution = ctx.constitution()
     counted = approvals.tally(record.plan, record.decisions, constitution, ctx.signer, ctx.clock())
     if not counted.complete:
         return counted.reason
-    return what_runs.mismatch(constitution, record.plan) or changing.change_problem(ctx, record)
+    return what_runs.mismatch(constitution, record.plan) or await changing.change_problem(
+        ctx, record
+    )
 
 
 async def _dispatch_held(ctx: Context, plan_id: str) -> None:
@@ -70,7 +72,7 @@ async def _dispatch_held(ctx: Context, plan_id: str) -> None:
         log.info("plan %s not dispatched: it is %s", plan_id, record.status.value)
         return
     record.status = PlanStatus.DISPATCHING
-    why = gate(ctx, record)
+    why = await gate(ctx, record)
     if why:
         await ctx.store.transition(plan_id, {PlanStatus.DISPATCHING}, PlanStatus.STALE, why)
         await queueing.release(ctx, record.plan)

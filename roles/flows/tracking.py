@@ -153,16 +153,26 @@ async def finish(ctx: Context, record: PlanRecord, status: PlanStatus, note: str
     """Mark the outcome, then wrap up once. A try that stopped after marking it (its reply
     lost, its worker killed) leaves a note, so the next try wraps up instead of stopping."""
     plan_id = record.plan.id
-    await ctx.store.set_memo(f"finish:{plan_id}", "status", status.value, FINISH_MEMO_SECONDS)
+    await ctx.store.set_memo(_finish_key(record), "status", status.value, FINISH_MEMO_SECONDS)
     await ctx.store.transition(plan_id, {PlanStatus.RUNNING}, status, note)
     await queueing.release(ctx, record.plan)  # the next deploy in line may start
     await _wrap_up(ctx, plan_id)
 
 
+def _finish_key(record: PlanRecord) -> str:
+    """Notes of one run's wrap-up: a plan that implements finishes twice (its implement
+    run ending in review, then the run that deploys the approved change)."""
+    run = record.run.correlation_id if record.run is not None else ""
+    return f"finish:{record.plan.id}:{run}"
+
+
 async def _wrap_up(ctx: Context, plan_id: str) -> None:
     """Ψ remembers and trust moves, the rollback is prepared, the result is posted: each
     once, under a lease (another job finishing the same run waits its turn)."""
-    memo_key = f"finish:{plan_id}"
+    loaded = await ctx.store.load(plan_id)
+    if loaded is None or loaded.run is None:
+        return
+    memo_key = _finish_key(loaded)
     if not (await ctx.store.memo(memo_key)).get("status"):
         return  # finished before these notes existed, or long ago: nothing is pending
     lease, owner = f"finish:{plan_id}", lease_owner()

@@ -11,11 +11,11 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from roles import attestation
+from roles import approvals, attestation
 from roles.change_check import Change, ChangedFile
 from roles.plan import Plan
-from roles.records import PlanRecord, PlanStatus, ProducedChange
-from tests.flows.test_flows import ALICE, BOB, Loop
+from roles.records import Actor, PlanRecord, PlanStatus, ProducedChange
+from tests.flows.test_flows import ALICE, BOB, CAROL, DAVE, TEAM, Loop
 
 SEED = "Add caching to the user authentication system and deploy to staging"
 BASE = "f" * 40  # the scripted CI's head sha: where the implement run started
@@ -220,3 +220,98 @@ async def test_without_a_model_the_change_steps_are_descriptive_and_the_ref_depl
     (only,) = loop.ci.dispatched
     assert only["action"] == "deploy" and "deploy_sha" not in only
     assert await _status(loop, record.plan.id) == PlanStatus.SUCCEEDED
+
+
+async def _held_for_review(loop: Loop) -> PlanRecord:
+    record = await _approved(loop, "Add caching to auth and deploy to production", ALICE, BOB)
+    _script(loop, record.plan.id, {"src/auth/cache.py": ["CACHE = {}"]})
+    await _runs(loop)
+    held = await loop.store.load(record.plan.id)
+    assert held is not None and held.status == PlanStatus.REVIEW
+    return held
+
+
+async def test_the_second_card_approves_the_diff_at_the_plans_level() -> None:
+    loop = _loop()
+    held = await _held_for_review(loop)
+    assert held.run is not None and held.run.change is not None
+    change = held.run.change
+    (card,) = loop.notifier.of("change_card")
+    assert change.review_ts == card.text
+    plan_id, digest, ts = held.plan.id, change.change_digest, change.review_ts
+
+    async def press(who: str, on: str = ts, value: str = digest) -> str:
+        reply = await loop.sophie.decide_change(plan_id, value, Actor(TEAM, who), "C0DEPLOYS1", on)
+        return reply.text
+
+    assert "not an approver" in await press(DAVE)
+    assert "out of date" in await press(ALICE, value="0" * 64)
+    assert "does not belong" in await press(ALICE, on="1700000000.999999")
+    assert "still needed: 1 more approver" in await press(ALICE)
+    assert "already" in await press(ALICE)
+    assert len(loop.ci.dispatched) == 1  # nothing deploys on one approval
+    assert await press(BOB) == "Approved and signed: the change deploys."
+    await _runs(loop)
+    assert await _status(loop, plan_id) == PlanStatus.SUCCEEDED
+    deploy = loop.ci.dispatched[-1]
+    assert deploy["action"] == "deploy" and deploy["deploy_sha"] == COMMIT
+    assert loop.ci.refs[-1] == f"sophie/{plan_id}"
+    # Two wrap-ups, two results: "held for review", then the deploy.
+    assert [p.status for p in loop.notifier.of("result")] == ["review", "succeeded"]
+    audited = [a[0] for a in loop.store.audit_log if a[0].startswith("change.")]
+    assert audited == ["change.checked", "change.approved", "change.approved"]
+    assert "not waiting for review" in await press(CAROL)  # the card takes no more
+
+
+async def test_an_approval_of_a_diff_never_counts_as_an_approval_of_the_plan() -> None:
+    loop = _loop()
+    held = await _held_for_review(loop)
+    assert held.run is not None and held.run.change is not None
+    await loop.sophie.decide_change(
+        held.plan.id,
+        held.run.change.change_digest,
+        Actor(TEAM, CAROL),
+        "C0DEPLOYS1",
+        held.run.change.review_ts,
+    )
+    (diff_decision,) = await loop.store.change_decisions(
+        held.plan.id, held.run.change.change_digest
+    )
+    constitution = loop.sophie.constitution()
+    replayed = approvals.tally(
+        held.plan,
+        [*held.decisions, diff_decision],
+        constitution,
+        loop.sophie.signer,
+        loop.clock(),
+    )
+    assert not replayed.complete and "not a SOPHIE decision" in replayed.reason
+    # …and a plan approval never counts as an approval of the diff.
+    as_diff = approvals.tally(
+        held.plan,
+        held.decisions,
+        constitution,
+        loop.sophie.signer,
+        loop.clock(),
+        held.run.change.change_digest,
+    )
+    assert not as_diff.complete and "not a SOPHIE change decision" in as_diff.reason
+
+
+async def test_the_gate_recounts_the_diff_approvals() -> None:
+    loop = _loop()
+    held = await _held_for_review(loop)
+    assert held.run is not None and held.run.change is not None
+    digest = held.run.change.change_digest
+    for who in (ALICE, BOB):
+        await loop.sophie.decide_change(
+            held.plan.id, digest, Actor(TEAM, who), "C0DEPLOYS1", held.run.change.review_ts
+        )
+    # Someone edits a stored decision before the dispatch job runs: it no longer verifies.
+    stored = loop.store.change_votes[(held.plan.id, digest)][BOB]
+    forged = dict(stored.envelope)
+    forged["signatures"] = [{"keyid": "x", "sig": "AAAA"}]
+    loop.store.change_votes[(held.plan.id, digest)][BOB] = replace(stored, envelope=forged)
+    await _runs(loop)
+    assert len(loop.ci.dispatched) == 1
+    assert await _status(loop, held.plan.id) == PlanStatus.STALE

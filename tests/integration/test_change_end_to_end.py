@@ -30,7 +30,14 @@ from tests.fakes.llm_api import FakeLLM, tool_call, tool_calls
 from tests.fakes.server import ThreadedServer
 from tests.harness import LLM_KEY, App, eventually, settings_for, start_app
 from tests.integration.conftest import ALICE, BOB, CHANNEL, DAVE, REPO, Fakes
-from tests.integration.test_end_to_end import _buttons, _text, cards, click, dispatched_inputs
+from tests.integration.test_end_to_end import (
+    _buttons,
+    _text,
+    cards,
+    click,
+    dispatched_inputs,
+    response_to,
+)
 from tests.pipeline_verify import as_the_pipeline
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -311,7 +318,7 @@ async def test_a_pushed_change_outside_the_plan_is_refused_by_delta(
     assert any("Not deployed" in t for t in scene.thread(card))  # the result says so too
 
 
-async def test_production_holds_the_checked_change_for_review(
+async def test_production_deploys_the_change_once_the_diff_is_approved_on_a_second_card(
     scene: Scene, fakes: Fakes, coder: tuple[FakeLLM, ThreadedServer]
 ) -> None:
     coder[0].script(im.MODEL, *im.caching_script())
@@ -321,3 +328,36 @@ async def test_production_holds_the_checked_change_for_review(
     assert len(dispatched_inputs(fakes)) == 1 and fakes.github.deployments == []
     text = " ".join(scene.thread(card))
     assert "Δ checked the change" in text and "only reviewed code" in text
+
+    def second_card() -> Any:
+        for m in fakes.slack.thread(CHANNEL, card.thread_ts):
+            if kit.APPROVE_CHANGE in _buttons(m.blocks):
+                return m
+        return None
+
+    review = copy.deepcopy(await eventually(second_card, what="the second card"))
+    value = _buttons(review.blocks)[kit.APPROVE_CHANGE]["value"]
+    assert value.startswith(f"{plan_id}|")
+
+    async def press(who: str, rid: str, value: str = value, ts: str = review.ts) -> str:
+        await scene.app.interact(click(fakes, kit.APPROVE_CHANGE, value, who, ts, rid))
+        reply = await eventually(lambda: response_to(fakes.slack, rid), what=rid)
+        return str(reply["text"])
+
+    # The plan's card is not the second card; a forged digest is not the change.
+    assert "does not belong" in await press(ALICE, "r0", ts=card.ts)
+    assert "out of date" in await press(ALICE, "r1", value=f"{plan_id}|{'0' * 64}")
+    assert "not an approver" in await press(DAVE, "r2")
+    assert "still needed" in await press(ALICE, "r3")
+    assert "the change deploys" in await press(BOB, "r4")
+    assert await eventually(
+        lambda: fakes.github.deployments, within=20, what="the production deployment"
+    )
+    record = await scene.app.rt.store.load(plan_id)
+    commit = fakes.github.branch_head(REPO, f"sophie/{plan_id}")
+    assert commit is not None
+    (deployment,) = fakes.github.deployments
+    assert deployment.sha == commit and deployment.environment == "production"
+    _, second = dispatched_inputs(fakes)
+    assert second["action"] == "deploy" and second["deploy_sha"] == commit
+    assert record is not None

@@ -86,3 +86,16 @@ def test_a_deploy_of_a_change_names_its_commit() -> None:
     record = _record(_change())
     _, body = blocks.result(record)
     assert "c" * 12 in json.dumps(body) and "pull request" in json.dumps(body)
+
+
+def test_the_second_card_asks_for_the_diff_and_stops_asking_once_it_is_approved() -> None:
+    record = _record(_change(change_digest="d" * 64), phase="implement")
+    record.status = PlanStatus.REVIEW
+    text, body = blocks.change_card(record, [])
+    assert blockkit.message_problems(text, body) == []
+    (button,) = [e for b in body if b["type"] == "actions" for e in b["elements"]]
+    assert button["action_id"] == blocks.APPROVE_CHANGE
+    assert button["value"] == f"{record.plan.id}|{'d' * 64}"
+    record.status = PlanStatus.APPROVED
+    _, body = blocks.change_card(record, [])
+    assert not [b for b in body if b["type"] == "actions"]
