@@ -353,6 +353,9 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
         lines.append("*Images:* " + ", ".join(f"`{escape(i, 200)}`" for i in run.images[:10]))
     if run.change is not None:
         lines.append(f"*Change:* {_change_line(run.change)}")
+    elif run.head_sha and plan.target.action != "rollback":
+        ref = escape(plan.target.ref, 100)
+        lines.append(f"*Commit:* `{ref}@{run.head_sha[:12]}`, as it is (no change was made)")
     if not ok and run.failing_job:
         where = escape(run.failing_job, 100)
         if run.failing_step:

@@ -6,7 +6,7 @@ import logging
 from dataclasses import replace
 
 from roles import integrator, jobs, memory
-from roles.flows import changing, queueing, rollback
+from roles.flows import changing, queueing, reviewing, rollback
 from roles.flows.context import Context, lease_owner, track_tag
 from roles.flows.deciding import refresh_card
 from roles.ports import CIRateLimited
@@ -33,6 +33,8 @@ async def track(ctx: Context, plan_id: str, reschedule: bool = True) -> bool:
     if record.status != PlanStatus.RUNNING:
         if record.status in ENDED:
             await _wrap_up(ctx, plan_id)  # an earlier try marked the outcome, then stopped
+        if record.status == PlanStatus.REVIEW:
+            await reviewing.ask(ctx, plan_id)  # posted once; a retry finds it posted
         return True
     previous = record.run
     try:

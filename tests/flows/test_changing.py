@@ -11,6 +11,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from roles import approvals, attestation
 from roles.change_check import Change, ChangedFile
 from roles.plan import Plan
@@ -315,3 +317,27 @@ async def test_the_gate_recounts_the_diff_approvals() -> None:
     await _runs(loop)
     assert len(loop.ci.dispatched) == 1
     assert await _status(loop, held.plan.id) == PlanStatus.STALE
+
+
+async def test_a_second_card_lost_to_a_slack_outage_is_posted_when_the_job_is_retried() -> None:
+    loop = _loop()
+    record = await _approved(loop, "Add caching to auth and deploy to production", ALICE, BOB)
+    _script(loop, record.plan.id, {"src/auth/cache.py": ["CACHE = {}"]})
+    post = loop.notifier.post_change_card
+    tries: list[int] = []
+
+    async def flaky(held: PlanRecord, decisions: list[Any]) -> str | None:
+        tries.append(1)
+        if len(tries) == 1:
+            raise ConnectionError("Slack is down")
+        return await post(held, decisions)
+
+    loop.notifier.post_change_card = flaky  # type: ignore[method-assign]
+    with pytest.raises(ConnectionError):
+        await _runs(loop)
+    assert await _status(loop, record.plan.id) == PlanStatus.REVIEW
+    assert loop.notifier.of("change_card") == []
+    await loop.sophie.track(record.plan.id)  # the queue runs the failed job again
+    await loop.sophie.track(record.plan.id)  # …and a duplicate changes nothing
+    assert len(loop.notifier.of("change_card")) == 1
+    assert len(loop.notifier.of("result")) == 1
