@@ -318,6 +318,18 @@ async def test_a_pushed_change_outside_the_plan_is_refused_by_delta(
     assert any("Not deployed" in t for t in scene.thread(card))  # the result says so too
 
 
+async def test_a_change_larger_than_the_constitution_allows_is_refused(
+    scene: Scene, fakes: Fakes
+) -> None:
+    big = "".join(f"LINE_{n} = {n}\n" for n in range(2500))  # change_limits: 2000 lines
+    fakes.github.implementer = lambda inputs, tree: Implemented(files={"app/big.py": big})
+    card, plan_id = await scene.approved(im.SEED)
+    assert await scene.ended(plan_id) == PlanStatus.FAILED
+    assert len(dispatched_inputs(fakes)) == 1 and fakes.github.deployments == []
+    (refused,) = [t for t in scene.thread(card) if "Nothing built from this commit deploys" in t]
+    assert "adds and deletes 2500 lines" in refused and "is 2000" in refused
+
+
 async def test_production_deploys_the_change_once_the_diff_is_approved_on_a_second_card(
     scene: Scene, fakes: Fakes, coder: tuple[FakeLLM, ThreadedServer]
 ) -> None:

@@ -262,6 +262,10 @@ async def test_slash_command_opens_a_thread_and_dry_run_is_labelled(
         parent = await eventually(opened, what="the thread SOPHIE opens")
         (card,) = await eventually(lambda: cards(fakes.slack, parent.ts), what="card")
         assert "offline planner" in _text(card.blocks)
+        # No model: the change steps cannot be written, and the card says what runs.
+        shown = _text(card.blocks)
+        assert "The change steps cannot be implemented: no model is configured" in shown
+        assert "deploy `main` as it is" in shown and "describes only" in shown
         value = _buttons(card.blocks)[kit.APPROVE]["value"]
         await app.interact(click(fakes, kit.APPROVE, value, ALICE, card.ts, "x"))
 
