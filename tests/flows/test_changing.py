@@ -16,7 +16,7 @@ import pytest
 from roles import approvals, attestation
 from roles.change_check import Change, ChangedFile
 from roles.plan import Plan
-from roles.records import Actor, PlanRecord, PlanStatus, ProducedChange
+from roles.records import Actor, DecisionRecord, PlanRecord, PlanStatus, ProducedChange
 from tests.flows.test_flows import ALICE, BOB, CAROL, DAVE, TEAM, Loop
 
 SEED = "Add caching to the user authentication system and deploy to staging"
@@ -326,7 +326,7 @@ async def test_a_second_card_lost_to_a_slack_outage_is_posted_when_the_job_is_re
     post = loop.notifier.post_change_card
     tries: list[int] = []
 
-    async def flaky(held: PlanRecord, decisions: list[Any]) -> str | None:
+    async def flaky(held: PlanRecord, decisions: list[DecisionRecord]) -> str | None:
         tries.append(1)
         if len(tries) == 1:
             raise ConnectionError("Slack is down")
