@@ -29,7 +29,7 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.github_gateway import GitHubGateway, make_auth
 from bot.health import readiness
 from bot.llm import ATTRIBUTION, LLMPlanner
-from bot.metrics import HTTP_SECONDS, REGISTRY
+from bot.metrics import HTTP_SECONDS, REGISTRY, PrometheusMetrics
 from bot.redis_health import log_persistence
 from bot.redis_store import RedisStore
 from bot.settings import Settings
@@ -187,6 +187,7 @@ async def build_runtime(settings: Settings) -> Runtime:
             reconcile_seconds=settings.reconcile_seconds,
             model_ready=not settings.offline_planner,
         ),
+        metrics=PrometheusMetrics(),
     )
     bolt = _bolt(settings, slack, sophie)
     await log_persistence(client)

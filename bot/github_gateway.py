@@ -233,6 +233,9 @@ class GitHubGateway:
     @staticmethod
     def _jobs(run: WorkflowRun, info: RunInfo) -> None:
         for job in run.jobs():
+            if job.name.startswith("Build") and job.started_at and job.completed_at:
+                # Ψ: artifact build time, from GitHub's own job timestamps.
+                info.build_seconds = max(0.0, (job.completed_at - job.started_at).total_seconds())
             if job.status == "in_progress" and info.current_job is None:
                 info.current_job = job.name
                 step = next((s for s in job.steps if s.status == "in_progress"), None)

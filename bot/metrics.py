@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from roles.outcomes import Outcome
+
 REGISTRY = CollectorRegistry()
 
 HTTP_SECONDS = Histogram(
@@ -53,3 +55,51 @@ LEASES_LOST = Counter(
     "Jobs stopped because their lease could not be renewed (they run again from the queue)",
     registry=REGISTRY,
 )
+
+# Ψ: outcomes and the timings of each step (roles/outcomes.py), observed by the process
+# that keeps the outcome (a worker, or a web process running its in-process worker).
+_STEP_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 4 * 3600, 24 * 3600)
+OUTCOMES = Counter(
+    "sophie_plan_outcomes_total",
+    "Plans ended, by outcome and environment (rolled back is counted when the rollback ends)",
+    ["result", "environment"],
+    registry=REGISTRY,
+)
+STEP_SECONDS = Histogram(
+    "sophie_plan_step_seconds",
+    "Time each step of a plan took: directive→card, card→decision, decision→dispatch, "
+    "dispatch→deployed, directive→deployed (lead time), failure→restored, build",
+    ["step", "environment"],
+    registry=REGISTRY,
+    buckets=_STEP_BUCKETS,
+)
+
+
+class PrometheusMetrics:
+    """Implements :class:`roles.ports.Metrics` with this process's registry."""
+
+    def outcome(self, outcome: Outcome) -> None:
+        env = outcome.environment
+        OUTCOMES.labels(outcome.result, env).inc()
+        if outcome.dry_run:
+            return
+        steps = {
+            "directive_to_card": (outcome.directive_at, outcome.card_at),
+            "card_to_decision": (outcome.card_at, outcome.decided_at),
+            "decision_to_dispatch": (outcome.decided_at, outcome.dispatched_at),
+        }
+        if outcome.deployed:
+            steps["dispatch_to_deployed"] = (outcome.dispatched_at, outcome.ended_at)
+            steps["lead_time"] = (outcome.directive_at, outcome.ended_at)
+        for step, (start, end) in steps.items():
+            if start and end and end >= start:
+                STEP_SECONDS.labels(step, env).observe(end - start)
+        if outcome.build_seconds:
+            STEP_SECONDS.labels("build", env).observe(outcome.build_seconds)
+
+    def restored(self, outcome: Outcome) -> None:
+        seconds = outcome.restore_seconds
+        if outcome.result == "rolled_back":
+            OUTCOMES.labels("rolled_back", outcome.environment).inc()
+        if seconds is not None:
+            STEP_SECONDS.labels("time_to_restore", outcome.environment).observe(seconds)

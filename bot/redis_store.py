@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from bot.audit_log import AuditLog
 from bot.metrics import EVENTS
+from roles.outcomes import Outcome
 from roles.plan import Plan
 from roles.records import (
     Actor,
@@ -441,37 +442,46 @@ class RedisStore:
         records = [await self.load(i.decode()) for i in ids]
         return [r for r in records if r is not None]
 
+    # -- Ψ: outcomes -------------------------------------------------------------
+
+    async def record_outcome(self, outcome: Outcome) -> bool:
+        raw = json.dumps(outcome.to_json())
+        if not await self.r.hsetnx(_key("outcome"), outcome.plan_id, raw):
+            return False
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.zadd(_key("outcomes"), {outcome.plan_id: outcome.ended_at})
+            where = _key("outcomes", f"{outcome.repo}@{outcome.environment}")
+            pipe.zadd(where, {outcome.plan_id: outcome.ended_at})
+            await pipe.execute()
+        return True
+
+    async def update_outcome(self, outcome: Outcome) -> None:
+        await self.r.hset(_key("outcome"), outcome.plan_id, json.dumps(outcome.to_json()))
+
+    async def _outcomes(self, ids: list[bytes]) -> list[Outcome]:
+        if not ids:
+            return []
+        raw = await self.r.hmget(_key("outcome"), [i.decode() for i in ids])
+        return [Outcome.from_json(json.loads(r)) for r in raw if r is not None]
+
+    async def outcomes_in(self, repo: str, environment: str, limit: int) -> list[Outcome]:
+        ids = await self.r.zrevrange(_key("outcomes", f"{repo}@{environment}"), 0, limit - 1)
+        return await self._outcomes(ids)
+
+    async def outcomes_between(self, start: float, end: float, limit: int) -> list[Outcome]:
+        ids = await self.r.zrangebyscore(_key("outcomes"), start, f"({end}", start=0, num=limit)
+        return await self._outcomes(ids)
+
+    async def trusts(self) -> dict[str, float]:
+        raw = await self.r.hgetall(_key("trust"))
+        return {k.decode(): float(v) for k, v in raw.items()}
+
     async def trust(self, key: str, initial: float) -> float:
         value = await self.r.hget(_key("trust"), key)
         return float(value) if value is not None else initial
 
     async def set_trust(self, key: str, value: float) -> None:
         await self.r.hset(_key("trust"), key, str(value))
-
-    async def remember(self, plan: Plan, status: PlanStatus) -> None:
-        key = _key("memory", plan.target.repo, plan.interpretation.intent.value)
-        entry = json.dumps(
-            {
-                "plan_id": plan.id,
-                "status": status.value,
-                "summary": plan.interpretation.summary,
-                "environment": plan.target.environment,
-            }
-        )
-        async with self.r.pipeline(transaction=True) as pipe:
-            pipe.lpush(key, entry)
-            pipe.ltrim(key, 0, 49)
-            await pipe.execute()
-
-    async def precedent(self, repo: str, intent: str, limit: int) -> list[str]:
-        raw = await self.r.lrange(_key("memory", repo, intent), 0, limit - 1)
-        out = []
-        for item in raw:
-            data = json.loads(item)
-            out.append(
-                f"{data['plan_id']} ({data['environment']}, {data['status']}): {data['summary']}"
-            )
-        return out
 
     # -- audit log: keyed hash chain with signed checkpoints (bot/audit_log.py) ----
 

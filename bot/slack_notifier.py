@@ -99,7 +99,9 @@ class SlackNotifier:
             channel=record.thread.channel,
             thread_ts=record.thread.thread_ts,
             text=blocks.card_fallback(record),
-            blocks=blocks.card(record, context.changes, context.window_ends, context.waiting),
+            blocks=blocks.card(
+                record, context.changes, context.window_ends, context.waiting, context.precedent
+            ),
             unfurl_links=False,
             unfurl_media=False,
             # Message metadata names the plan, so a card whose reply was lost is found
@@ -132,7 +134,9 @@ class SlackNotifier:
             channel=record.thread.channel,
             ts=record.card_ts,
             text=blocks.card_fallback(record),
-            blocks=blocks.card(record, context.changes, context.window_ends, context.waiting),
+            blocks=blocks.card(
+                record, context.changes, context.window_ends, context.waiting, context.precedent
+            ),
         )
 
     async def post_run_status(self, record: PlanRecord) -> str | None:

@@ -10,6 +10,7 @@ from roles import approvals, what_runs
 from roles.approvals import still_needed
 from roles.plan import ApprovalLevel, Plan, RiskLevel
 from roles.plan_diff import PlanDiff
+from roles.precedent import Precedent
 from roles.records import DecisionRecord, DeployLock, PlanRecord, PlanStatus, ProducedChange
 
 Block = dict[str, Any]
@@ -113,6 +114,7 @@ def card(
     changes: PlanDiff | None = None,
     window_ends: float | None = None,
     waiting: str | None = None,
+    precedent: Precedent | None = None,
 ) -> list[Block]:
     """The plan card: what will happen, how risky, who must approve, and the buttons.
 
@@ -156,6 +158,7 @@ def card(
             f"*Rollback* ({plan.rollback.strategy})\n{escape(plan.rollback.description, 500)}"
         ),
         _section(_rules(plan)),
+        *_precedent_blocks(precedent),
     ]
     if plan.provenance.disagreements:
         blocks.append(
@@ -177,6 +180,38 @@ def card(
         )
     )
     return blocks
+
+
+_RESULT_WORDS = {
+    "succeeded": "succeeded",
+    "failed": "failed",
+    "rolled_back": "rolled back",
+    "vetoed": "vetoed",
+    "expired": "expired",
+    "stale": "went stale",
+    "error": "errored",
+}
+
+
+def _precedent_blocks(precedent: Precedent | None) -> list[Block]:
+    """Ψ: "3 similar changes to acme/auth-service in staging: 2 succeeded, 1 rolled back"."""
+    if precedent is None or not precedent.similar:
+        return []
+    n = len(precedent.similar)
+    counts = ", ".join(
+        f"{count} {_RESULT_WORDS.get(result, result)}"
+        for result, count in sorted(precedent.counts().items(), key=lambda kv: -kv[1])
+    )
+    head = (
+        f"*Ψ Precedent* — {n} similar change{'s' if n != 1 else ''} to "
+        f"`{escape(precedent.repo, 100)}` in {escape(precedent.environment, 40)}: {counts}"
+    )
+    lines = [
+        f"• {_link(o.run_url, o.plan_id) if o.run_url else f'`{o.plan_id}`'} "
+        f"{_RESULT_WORDS.get(o.result, o.result)}: {escape(o.summary, 150)}"
+        for o in precedent.similar
+    ]
+    return [_section(truncate(head + "\n" + "\n".join(lines), 3000))]
 
 
 def what_runs_text(plan: Plan) -> str:

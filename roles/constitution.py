@@ -251,15 +251,32 @@ class RateLimits(_Closed):
 
 
 class TrustRules(_Closed):
+    """How trust moves (README, "Trust"). Scores are kept for each repo@environment, each
+    model, each requester and each approver; a success raises a score by
+    ``success_delta`` × the distance to 1, a failure lowers it by ``failure_delta``, a
+    rollback of what it did by ``rollback_delta``. A plan may be autonomous only while
+    every relevant score (its repo@environment, its requester, its models) is at least
+    ``minimum_for_autonomous``; below it the level rises to notification."""
+
     initial: float = Field(default=0.5, ge=0, le=1)
-    success_delta: float = 0.05
-    failure_delta: float = 0.15
+    success_delta: float = Field(default=0.05, ge=0, le=1)
+    failure_delta: float = Field(default=0.15, ge=0, le=1)
+    rollback_delta: float = Field(default=0.25, ge=0, le=1)
     minimum_for_autonomous: float = Field(default=0.8, ge=0, le=1)
 
 
 class DigestRules(_Closed):
+    """The scheduled digest: posted to ``channel`` on ``schedule`` (five-field cron, in
+    ``timezone``), once per slot whatever the number of workers."""
+
     channel: str | None = None
     schedule: str = "0 9 * * 1-5"
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return BusinessHours._known_zone(value)
 
 
 class Constitution(_Closed):

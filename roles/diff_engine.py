@@ -242,7 +242,10 @@ def decide_approval(
     confidence: float,
     disagreements: list[str],
     now: datetime | None = None,
+    trust: tuple[str, float] | None = None,
 ) -> Approval:
+    """The level a plan needs. ``trust`` is the lowest relevant trust score (its key and
+    value: see :func:`roles.memory.relevant_keys`); autonomy needs it at the floor."""
     env_rule = constitution.environment(reading.environment)
     level = env_rule.approval
     reasons = [
@@ -302,6 +305,15 @@ def decide_approval(
             "consensus.disagreement",
             "Models disagree on " + ", ".join(disagreements),
         )
+    floor = constitution.trust.minimum_for_autonomous
+    earned = reading.intent != Intent.ROLLBACK  # a rollback's level is the team's own rule
+    if level == ApprovalLevel.AUTONOMOUS and earned and trust is not None and trust[1] < floor:
+        # Autonomy is earned: below the floor a person may still veto it.
+        raise_to(
+            ApprovalLevel.NOTIFICATION,
+            "trust.below-floor",
+            f"Trust in {trust[0]} is {trust[1]:.2f}, below {floor:.2f} for autonomy",
+        )
 
     if level == ApprovalLevel.SUPERVISION:
         quorum = max(2, env_rule.quorum, len(env_rule.distinct_groups))
@@ -327,10 +339,13 @@ def evaluate(
     now: datetime | None = None,
     rollback_to: tuple[str, str] | None = None,
     model_ready: bool = False,
+    trust: tuple[str, float] | None = None,
 ) -> Verdict:
     runs = derive(draft, reading, constitution, rollback_to, model_ready)
     risk = assess_risk(draft, reading, constitution, now)
-    approval = decide_approval(reading, risk, constitution, confidence, disagreements or [], now)
+    approval = decide_approval(
+        reading, risk, constitution, confidence, disagreements or [], now, trust
+    )
     warnings = [p for p in reading.problems if p.effect == "warn"]
     if reading.intent != Intent.ROLLBACK:
         actions = [s.action for s in draft.steps]

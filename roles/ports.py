@@ -9,8 +9,10 @@ from roles.change_check import Change
 from roles.constitution import Constitution
 from roles.draft import PlanDraft
 from roles.navigator import Reading
+from roles.outcomes import Outcome
 from roles.plan import Plan
 from roles.plan_diff import PlanDiff
+from roles.precedent import Precedent
 from roles.records import (
     DecideResult,
     DecisionRecord,
@@ -46,6 +48,8 @@ class CardContext:
     window_ends: float | None = None
     # An approved plan waiting for its environment: in the deploy queue, locked, frozen.
     waiting: str | None = None
+    # Ψ: similar earlier plans and what became of them (roles/precedent.py).
+    precedent: Precedent | None = None
 
 
 class PlanningFailed(Exception):
@@ -101,6 +105,29 @@ class PlanStore(Protocol):
         self, plan_id: str, from_: set[PlanStatus], to: PlanStatus, note: str = ""
     ) -> bool: ...
     async def save_run(self, plan_id: str, run: RunInfo) -> None: ...
+
+    # -- Ψ: outcomes (roles/outcomes.py) ------------------------------------------------
+
+    async def record_outcome(self, outcome: Outcome) -> bool:
+        """Keep a plan's outcome; False (and nothing changed) if it was already kept."""
+        ...
+
+    async def update_outcome(self, outcome: Outcome) -> None:
+        """Amend a kept outcome (rolled back, restored)."""
+        ...
+
+    async def outcomes_in(self, repo: str, environment: str, limit: int) -> list[Outcome]:
+        """The newest outcomes in ``repo``@``environment``, newest first."""
+        ...
+
+    async def outcomes_between(self, start: float, end: float, limit: int) -> list[Outcome]:
+        """Outcomes that ended in [start, end), oldest first."""
+        ...
+
+    async def trusts(self) -> dict[str, float]:
+        """Every trust score kept, by key."""
+        ...
+
     async def add_change_decision(
         self, plan_id: str, change_digest: str, record: DecisionRecord
     ) -> bool:
@@ -119,8 +146,6 @@ class PlanStore(Protocol):
     async def trust(self, key: str, initial: float) -> float: ...
     async def audit(self, kind: str, plan_id: str, actor: str, detail: dict[str, Any]) -> str: ...
     async def set_trust(self, key: str, value: float) -> None: ...
-    async def remember(self, plan: Plan, status: PlanStatus) -> None: ...
-    async def precedent(self, repo: str, intent: str, limit: int) -> list[str]: ...
 
     # -- durability: leases, what a retried job already did, plans left behind ------------
 
@@ -230,6 +255,26 @@ class Notifier(Protocol):
     async def card_gone(self, channel: str, card_ts: str, plan_id: str) -> None:
         """The plan behind this card no longer exists: say so on the card, without buttons."""
         ...
+
+
+class Metrics(Protocol):
+    def outcome(self, outcome: Outcome) -> None:
+        """A plan's outcome was kept: count it and observe its timings."""
+        ...
+
+    def restored(self, outcome: Outcome) -> None:
+        """An earlier outcome was amended: rolled back, or its environment restored."""
+        ...
+
+
+class NoMetrics:
+    """Implements :class:`Metrics` by doing nothing (tests, tools)."""
+
+    def outcome(self, outcome: Outcome) -> None:
+        return None
+
+    def restored(self, outcome: Outcome) -> None:
+        return None
 
 
 class Directory(Protocol):

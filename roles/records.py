@@ -164,6 +164,7 @@ class RunInfo:
     phase: Literal["implement", "run"] = "run"
     # The produced change, from the implement run on: carried into the run that deploys it.
     change: ProducedChange | None = None
+    build_seconds: float = 0.0  # how long the build job took (GitHub's job timestamps)
 
     def signature(self) -> str:
         """What the status message would show; an edit is due when this changes."""

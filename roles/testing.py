@@ -18,6 +18,7 @@ from typing import Any
 from roles import jobs
 from roles.change_check import Change
 from roles.constitution import Constitution
+from roles.outcomes import Outcome
 from roles.plan import Plan
 from roles.ports import CardContext, CIRateLimited, CIUncertain
 from roles.records import (
@@ -56,8 +57,7 @@ class MemoryStore:
         self.runs: dict[int, str] = {}
         self.deliveries: set[str] = set()
         self.prepared: dict[str, tuple[str, str, str]] = {}
-        self.trusts: dict[str, float] = {}
-        self.memory: dict[tuple[str, str], list[str]] = {}
+        self.trusts_kept: dict[str, float] = {}
         self.audit_log: list[tuple[str, str, str, dict[str, Any]]] = []
         self.slots: dict[str, str] = {}
         self.queues: dict[str, list[str]] = {}
@@ -65,6 +65,7 @@ class MemoryStore:
         self.memos: dict[str, dict[str, str]] = {}
         self.changed: dict[str, float] = {}  # plan id → when its record last changed
         self.change_votes: dict[tuple[str, str], dict[str, DecisionRecord]] = {}
+        self.outcomes: dict[str, Outcome] = {}
 
     async def claim_event(self, key: str, ttl_seconds: int) -> bool:
         if key in self.claims:
@@ -181,6 +182,26 @@ class MemoryStore:
         await self.audit(f"plan.{to.value}", plan_id, "sophie", {"note": note})
         return True
 
+    async def record_outcome(self, outcome: Outcome) -> bool:
+        if outcome.plan_id in self.outcomes:
+            return False
+        self.outcomes[outcome.plan_id] = replace(outcome)
+        return True
+
+    async def update_outcome(self, outcome: Outcome) -> None:
+        self.outcomes[outcome.plan_id] = replace(outcome)
+
+    async def outcomes_in(self, repo: str, environment: str, limit: int) -> list[Outcome]:
+        kept = [o for o in self.outcomes.values() if (o.repo, o.environment) == (repo, environment)]
+        return sorted(kept, key=lambda o: o.ended_at, reverse=True)[:limit]
+
+    async def outcomes_between(self, start: float, end: float, limit: int) -> list[Outcome]:
+        kept = [o for o in self.outcomes.values() if start <= o.ended_at < end]
+        return sorted(kept, key=lambda o: o.ended_at)[:limit]
+
+    async def trusts(self) -> dict[str, float]:
+        return dict(self.trusts_kept)
+
     async def add_change_decision(
         self, plan_id: str, change_digest: str, record: DecisionRecord
     ) -> bool:
@@ -220,21 +241,14 @@ class MemoryStore:
         return [copy.deepcopy(r) for r in ordered[:limit]]
 
     async def trust(self, key: str, initial: float) -> float:
-        return self.trusts.get(key, initial)
+        return self.trusts_kept.get(key, initial)
 
     async def audit(self, kind: str, plan_id: str, actor: str, detail: dict[str, Any]) -> str:
         self.audit_log.append((kind, plan_id, actor, detail))
         return str(len(self.audit_log))
 
     async def set_trust(self, key: str, value: float) -> None:
-        self.trusts[key] = value
-
-    async def remember(self, plan: Plan, status: PlanStatus) -> None:
-        entries = self.memory.setdefault((plan.target.repo, plan.interpretation.intent.value), [])
-        entries.insert(0, f"{plan.id} ({plan.target.environment}, {status.value})")
-
-    async def precedent(self, repo: str, intent: str, limit: int) -> list[str]:
-        return self.memory.get((repo, intent), [])[:limit]
+        self.trusts_kept[key] = value
 
     # -- durability (leases, job memos, plans left behind): see bot/redis_store.py ----------
 
@@ -427,6 +441,9 @@ class ScriptedCI:
         self.changes: dict[tuple[str, str], Change] = {}
         self.merged: set[str] = set()
         self.refs: list[str] = []  # the ref of each dispatch
+        # The commit each run is on: one for all by default; ``distinct_shas`` gives each
+        # run its own (for rollback history).
+        self.distinct_shas = False
 
     async def compare(self, repo: str, base: str, head: str) -> Change:
         return self.changes[(base, head)]
@@ -447,7 +464,8 @@ class ScriptedCI:
         self.dispatched.append(dict(inputs))
         self.refs.append(ref or plan.target.ref)
         run_id = len(self.dispatched)
-        return RunInfo(dry_run=False, status="queued", run_id=run_id, head_sha="f" * 40)
+        sha = f"{run_id:040x}" if self.distinct_shas else "f" * 40
+        return RunInfo(dry_run=False, status="queued", run_id=run_id, head_sha=sha)
 
     async def find_run(self, plan: Plan, correlation_id: str) -> RunInfo | None:
         for n, inputs in enumerate(self.dispatched, start=1):

@@ -12,7 +12,17 @@ from typing import Any
 
 from roles import jobs
 from roles.constitution import Constitution
-from roles.ports import CIGateway, Directory, Notifier, Planner, PlanStore, Scheduler, Signer
+from roles.ports import (
+    CIGateway,
+    Directory,
+    Metrics,
+    NoMetrics,
+    Notifier,
+    Planner,
+    PlanStore,
+    Scheduler,
+    Signer,
+)
 from roles.records import RunInfo
 
 BOT_TEAM = "sophie"
@@ -77,6 +87,8 @@ class Context:
     tuning: Tuning = field(default_factory=Tuning)
     # When each status message was last edited (Slack rate-limits chat.update).
     last_edit: dict[str, float] = field(default_factory=dict)
+    # Outcomes and timings as Prometheus metrics (bot/metrics.py), in every process.
+    metrics: Metrics = field(default_factory=NoMetrics)
 
     async def enqueue(self, job: jobs.Job, key: str, delay_seconds: float = 0) -> None:
         """Queue a job from the job table (its payload is checked against the table)."""

@@ -300,10 +300,15 @@ async def refresh_card(ctx: Context, plan_id: str) -> None:
     """Show the plan's state on its card; a card never posted (the planning job stopped
     between saving the plan and posting it) is posted now, and the plan goes on."""
     from roles.flows.planning import card_context, settle
+    from roles.flows.remembering import ended
 
     record = await ctx.store.load(plan_id)
     if record is None:
         return
+    if record.status.final:
+        # Every move to an end (veto, expiry, stale, error, a finished run) refreshes
+        # the card: Ψ keeps the outcome here too (once; kept already is a no-op).
+        await ended(ctx, plan_id)
     if not record.card_ts:
         await settle(ctx, record)
         return

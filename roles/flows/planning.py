@@ -7,7 +7,18 @@ import json
 import logging
 from dataclasses import replace
 
-from roles import approvals, diff_engine, integrator, jobs, navigator, offline_planner, plan_diff
+from roles import (
+    approvals,
+    diff_engine,
+    integrator,
+    jobs,
+    memory,
+    navigator,
+    offline_planner,
+    outcomes,
+    plan_diff,
+)
+from roles import precedent as precedent_of
 from roles.constitution import Constitution
 from roles.draft import PlanDraft
 from roles.flows import deciding, rollback
@@ -60,7 +71,17 @@ async def plan(
     if not reading.text:
         await ctx.notifier.post_text(directive.thread, "That directive is empty.")
         return None
-    precedent = await ctx.store.precedent(reading.repo.name, reading.intent.value, 3)
+    # Ψ: the planner gets the precedent the card will show (found by the directive's words).
+    probe = precedent_of.Probe(
+        "", reading.intent.value, frozenset(outcomes.words_in(directive.text))
+    )
+    history = await ctx.store.outcomes_in(
+        reading.repo.name, reading.environment, precedent_of.CANDIDATES
+    )
+    found = precedent_of.find(
+        reading.repo.name, reading.environment, probe, history, ctx.clock().timestamp()
+    )
+    precedent = found.lines()
     rollback_to: tuple[str, str] | None = None
     if directive.kind == "rollback":
         starters = approvals.rollback_starters(constitution, reading.environment)
@@ -115,6 +136,13 @@ async def plan(
         proposal = replace(
             proposal, draft=offline_planner.pin_rollback(proposal.draft, *rollback_to)
         )
+    keys = memory.relevant_keys(
+        reading.repo.name,
+        reading.environment,
+        f"{directive.requester.team_id}/{directive.requester.user_id}",
+        proposal.models if proposal.planner != "offline" else [],
+    )
+    scores = {k: await ctx.store.trust(k, constitution.trust.initial) for k in keys}
     verdict = diff_engine.evaluate(
         proposal.draft,
         reading,
@@ -124,6 +152,7 @@ async def plan(
         now=ctx.clock(),
         rollback_to=rollback_to,
         model_ready=ctx.tuning.model_ready,
+        trust=memory.lowest(scores),
     )
     new = integrator.assemble(
         plan_id,
@@ -276,7 +305,19 @@ async def card_context(ctx: Context, record: PlanRecord) -> CardContext:
     waiting = None
     if record.status == PlanStatus.APPROVED:
         waiting = (await ctx.store.memo(f"queue:{p.id}")).get("text")
-    return CardContext(changes=changes, window_ends=window_ends, waiting=waiting)
+    history = await ctx.store.outcomes_in(
+        p.target.repo, p.target.environment, precedent_of.CANDIDATES
+    )
+    # Only what ended before this plan was made: the card shows what the approver knew.
+    before = [o for o in history if o.ended_at <= p.created_at.timestamp()]
+    found = precedent_of.find(
+        p.target.repo,
+        p.target.environment,
+        precedent_of.Probe.of(p),
+        before,
+        ctx.clock().timestamp(),
+    )
+    return CardContext(changes=changes, window_ends=window_ends, waiting=waiting, precedent=found)
 
 
 async def schedule_expiry(ctx: Context, p: Plan) -> None:

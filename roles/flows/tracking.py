@@ -5,8 +5,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 
-from roles import integrator, jobs, memory
-from roles.flows import changing, queueing, reviewing, rollback
+from roles import integrator, jobs
+from roles.flows import changing, queueing, remembering, reviewing, rollback
 from roles.flows.context import Context, lease_owner, track_tag
 from roles.flows.deciding import refresh_card
 from roles.ports import CIRateLimited
@@ -200,14 +200,5 @@ async def _wrap_up(ctx: Context, plan_id: str) -> None:
 
 
 async def _remember(ctx: Context, record: PlanRecord) -> None:
-    """Ψ: remember the outcome and move trust, except for dry runs which prove nothing."""
-    status = record.status
-    constitution = ctx.constitution()
-    await ctx.store.remember(record.plan, status)
-    assert record.run is not None
-    if not record.run.dry_run and status != PlanStatus.REVIEW:  # a review is no outcome yet
-        key = memory.trust_key(record.plan.target.repo, record.plan.target.environment)
-        current = await ctx.store.trust(key, constitution.trust.initial)
-        await ctx.store.set_trust(
-            key, memory.next_trust(current, status == PlanStatus.SUCCEEDED, constitution.trust)
-        )
+    """Ψ: keep the outcome and move trust (once; dry runs prove nothing)."""
+    await remembering.ended(ctx, record.plan.id)

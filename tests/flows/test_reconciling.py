@@ -266,4 +266,4 @@ async def test_an_outcome_marked_whose_reply_was_lost_is_still_reported_once() -
     final = await loop.store.load(record.plan.id)
     assert final is not None and final.status == PlanStatus.SUCCEEDED
     assert len(loop.notifier.of("result")) == 1
-    assert len(next(iter(loop.store.memory.values()))) == 1  # Ψ remembered once
+    assert len(loop.store.outcomes) == 1  # Ψ remembered once
