@@ -308,13 +308,11 @@ async def card_context(ctx: Context, record: PlanRecord) -> CardContext:
     history = await ctx.store.outcomes_in(
         p.target.repo, p.target.environment, precedent_of.CANDIDATES
     )
-    # Only what ended before this plan was made: the card shows what the approver knew.
-    before = [o for o in history if o.ended_at <= p.created_at.timestamp()]
     found = precedent_of.find(
         p.target.repo,
         p.target.environment,
         precedent_of.Probe.of(p),
-        before,
+        history,
         ctx.clock().timestamp(),
     )
     return CardContext(changes=changes, window_ends=window_ends, waiting=waiting, precedent=found)
