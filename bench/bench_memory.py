@@ -81,7 +81,7 @@ async def baseline(client: aioredis.Redis, count: int) -> list[float]:
     samples = []
     for n in range(count):
         t0 = time.perf_counter()
-        await client.hget("sophie:outcome", f"plan_{n:016x}")
+        await client.hget("sophie:outcome", f"plan_{n:016x}")  # type: ignore[misc]
         samples.append(time.perf_counter() - t0)
     return samples
 
@@ -90,7 +90,7 @@ async def main(sizes: list[int], count: int) -> None:
     rng = random.Random(1)
     now = datetime.now(UTC).timestamp()
     with redis() as server:
-        client = aioredis.from_url(server.url)
+        client = aioredis.Redis.from_url(server.url)
         store = RedisStore(client)
         filled = 0
         print(f"precedent lookup ({count} lookups per size; {len(PAIRS)} repo@environments)")
