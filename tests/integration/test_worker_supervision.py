@@ -22,12 +22,13 @@ from bot.embedded_redis import EmbeddedRedis
 from bot.redis_health import check_persistence, describe_persistence
 from bot.settings import Settings
 from bot.supervisor import check_timings
+from handlers import blocks as kit
 from tests import slack_requests as sr
 from tests.fakes import llm_api
 from tests.fakes.llm_plans import planning_model
 from tests.harness import App, env_for, eventually, start_app
-from tests.integration.conftest import CHANNEL, DAVE, Fakes
-from tests.integration.test_end_to_end import SEED, cards
+from tests.integration.conftest import ALICE, CHANNEL, DAVE, Fakes
+from tests.integration.test_end_to_end import SEED, _buttons, cards, click
 from tests.processes import WorkerProcess
 from tests.redis_server import RedisServer, free_port
 
@@ -385,3 +386,37 @@ def test_timings_that_would_let_a_live_lease_lapse_are_refused() -> None:
         check_timings(2, 5)
     with pytest.raises(ValueError, match="positive"):
         check_timings(0, 10)
+
+
+async def test_a_worker_process_exports_the_outcomes_it_keeps(
+    fakes: Fakes,
+    own_redis: RedisServer,
+    tmp_path: Path,
+    http: aiohttp.ClientSession,
+    workers: list[WorkerProcess],
+) -> None:
+    """Ψ's metrics come from the process that does the work: here a separate worker
+    (the web process runs none), scraped at its own --port."""
+    env = _env(fakes, own_redis.url, tmp_path / "data", llm=False, extra=QUICK)
+    web = await _app(fakes, own_redis.url, tmp_path / "data", worker=False, extra=QUICK)
+    try:
+        worker = WorkerProcess(env, tmp_path / "worker.log", port=free_port())
+        workers.append(worker)
+        await worker.ready()
+        event = sr.mention_event("deploy auth to staging", DAVE, CHANNEL)
+        await web.event(event)
+        (card,) = await eventually(lambda: cards(fakes.slack, event["event"]["ts"]), within=20)
+        value = _buttons(card.blocks)[kit.APPROVE]["value"]
+        await web.interact(click(fakes, kit.APPROVE, value, ALICE, card.ts, "ok"))
+
+        async def counted() -> str | None:
+            text = await _metrics(http, worker.url)
+            line = 'sophie_plan_outcomes_total{environment="staging",result="succeeded"}'
+            return text if line in text else None
+
+        text = await eventually(counted, within=30, what="the outcome in the worker's metrics")
+        assert 'sophie_plan_step_seconds_count{environment="staging",step="lead_time"} 1.0' in text
+        web_text = await _metrics(http, web.url)
+        assert 'result="succeeded"' not in web_text  # the web process kept no outcome
+    finally:
+        await web.close()
