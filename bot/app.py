@@ -21,7 +21,7 @@ from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncApp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot import github_webhook, jobs, slack_route, startup_checks
+from bot import api, github_webhook, jobs, slack_route, startup_checks
 from bot.audit_log import AuditLog
 from bot.constitution_source import ConstitutionSource
 from bot.dry_run import DryRunGateway
@@ -189,6 +189,9 @@ async def build_runtime(settings: Settings) -> Runtime:
         ),
         metrics=PrometheusMetrics(),
     )
+    if settings.slack_bot_token is not None:
+        # App Home is republished for the people a plan's change concerns (debounced).
+        sophie.home_changed = home.HomeRefresher(sophie, slack)
     bolt = _bolt(settings, slack, sophie)
     await log_persistence(client)
     return Runtime(settings, client, pool, store, keyring, sophie, slack, bolt, embedded)
@@ -293,6 +296,8 @@ def web_app(rt: Runtime) -> web.Application:
     app.router.add_get("/.well-known/sophie/keys", keys)
     app.router.add_get("/.well-known/sophie/constitution", constitution)
     app.router.add_get("/plans/{plan_id}/bundle", plan_bundle)
+    # /api/v1/…: token-authenticated plans, trust gate and status (bot/api.py).
+    api.mount(app, rt.sophie, rt.slack if rt.bolt is not None else None)
     return app
 
 

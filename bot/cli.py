@@ -166,6 +166,15 @@ def _parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="let the tests see this variable too (credential-like names are never passed)",
     )
+    digest = sub.add_parser(
+        "digest",
+        help="the digest now: posted to the constitution's digest.channel (and remembered as "
+        "the last digest), or printed when Slack or the channel is not configured",
+    )
+    digest.add_argument("--now", action="store_true", required=True, help="build it now")
+    digest.add_argument(
+        "--print", dest="print_only", action="store_true", help="print it; post nothing"
+    )
     sub.add_parser("doctor", help="check configuration and reachability")
     return p
 
@@ -195,12 +204,22 @@ def main(argv: list[str] | None = None) -> int:
             return _audit(settings, args)
         if args.command == "implement":
             return _implement(settings, args)
+        if args.command == "digest":
+            return asyncio.run(_digest(settings, args.print_only))
         if args.command == "doctor":
             from bot.doctor import run_doctor
 
             return asyncio.run(run_doctor(settings))
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        from roles.constitution import ConstitutionError  # pydantic: only when needed
+
+        if not isinstance(exc, ConstitutionError):
+            raise
+        # Fail closed with what to fix, not a traceback: nothing has started.
+        log.error("refusing to start: %s (in %s)", exc, settings.constitution_path)
+        return 2
     return 2
 
 
@@ -248,6 +267,9 @@ async def _serve(
     # Checked before anything starts (no embedded Redis, no port): fail closed, exit 2.
     if _refused(settings, "serve", socket):
         return 2
+    from roles.constitution import load_constitution
+
+    load_constitution(settings.constitution_path)  # refused before any port or Redis
     from bot.app import build_runtime, connect_socket_mode, web_app
 
     host = host or settings.host
@@ -279,6 +301,9 @@ async def _serve(
 async def _worker(settings: Settings, host: str | None, port: int | None) -> int:
     if _refused(settings, "worker"):  # startup_checks: the same rules as serve
         return 2
+    from roles.constitution import load_constitution
+
+    load_constitution(settings.constitution_path)
     from bot.app import build_runtime
     from bot.health import worker_web_app
 
@@ -367,6 +392,39 @@ async def _plan(settings: Settings, text: str, as_json: bool) -> int:
         for hit in verdict.denials:
             print(f"#   - {hit.id}: {hit.message}")
         return 1
+    return 0
+
+
+async def _digest(settings: Settings, print_only: bool) -> int:
+    """`sophie digest --now`: post the digest to digest.channel, or print it."""
+    from redis.exceptions import RedisError
+    from slack_sdk.errors import SlackClientError
+
+    from bot.app import build_runtime
+    from handlers.digest_blocks import as_text
+    from roles.constitution import ConstitutionError
+
+    try:
+        rt = await build_runtime(settings)
+    except (OSError, RedisError, ConstitutionError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        channel = rt.sophie.constitution().digest.channel
+        post = not print_only and settings.slack_bot_token is not None and bool(channel)
+        report, ts = await rt.sophie.digest(post=post)
+    except (OSError, RedisError, ConstitutionError, SlackClientError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        await rt.close()
+    if ts is not None:
+        print(f"posted the digest to {channel} (ts {ts})")
+        return 0
+    if not print_only:
+        why = "Slack is not configured (SLACK_BOT_TOKEN)" if channel else "no digest.channel"
+        print(f"note: {why}: printing the digest instead of posting it", file=sys.stderr)
+    sys.stdout.write(as_text(report))
     return 0
 
 

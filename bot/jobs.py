@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 import time
 from collections.abc import Mapping
@@ -170,6 +171,41 @@ def reconcile_cron(every_seconds: int, timeout: float) -> CronJob:
     )
 
 
+# How often every worker checks whether the scheduled digest is due (seconds, 1–60).
+DIGEST_CHECK_SECONDS = 60
+
+
+def digest_check_seconds(environ: Mapping[str, str] | None = None) -> int:
+    """``SOPHIE_DIGEST_CHECK_SECONDS`` (1–60; default 60): how often a worker looks for a
+    due digest slot. A slot is posted within about this long after it begins; tests
+    shorten it to see a digest in seconds."""
+    raw = (os.environ if environ is None else environ).get("SOPHIE_DIGEST_CHECK_SECONDS", "")
+    try:
+        value = int(raw.strip() or DIGEST_CHECK_SECONDS)
+    except ValueError:
+        log.warning("SOPHIE_DIGEST_CHECK_SECONDS=%r is not a whole number: using 60", raw)
+        value = DIGEST_CHECK_SECONDS
+    return max(1, min(60, value))
+
+
+def digest_cron(every_seconds: int, timeout: float) -> CronJob:
+    """The scheduled digest's check (roles/flows/digesting.py) every ``every_seconds`` on
+    every worker, and at start-up (a worker that starts late still posts a due slot).
+    arq's unique cron id makes most ticks run once across workers; the slot's claim in
+    Redis is what guarantees one digest per slot (ticks started at start-up, retries and
+    crashed workers included). One try per tick: the next tick is the retry."""
+    every = max(1, min(60, every_seconds))
+    return cron(
+        _job("digest", timeout, max_tries=1).coroutine,
+        name="digest",
+        second=set(range(0, 60, every)),
+        unique=True,
+        run_at_startup=True,
+        timeout=timeout,
+        max_tries=1,
+    )
+
+
 # A signed audit checkpoint every five minutes (arq's unique cron: one per slot across
 # every worker); it is skipped when nothing was appended since the last one.
 AUDIT_CHECKPOINT_MINUTES = set(range(0, 60, 5))
@@ -207,7 +243,11 @@ def make_worker(
     """A worker whose jobs hold a ``lease_seconds`` lease (renew it with :class:`JobLeases`)."""
     worker = Worker(
         functions=[_job(name, job_timeout) for name in job_table.NAMES],
-        cron_jobs=[*cron_jobs(), reconcile_cron(sophie.tuning.reconcile_seconds, job_timeout)],
+        cron_jobs=[
+            *cron_jobs(),
+            reconcile_cron(sophie.tuning.reconcile_seconds, job_timeout),
+            digest_cron(digest_check_seconds(), job_timeout),
+        ],
         queue_name=QUEUE,
         redis_pool=pool,
         ctx={"sophie": sophie},

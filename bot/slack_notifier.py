@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from slack_sdk.errors import SlackApiError
+from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
@@ -16,14 +16,19 @@ from slack_sdk.http_retry.response import HttpResponse
 from slack_sdk.http_retry.state import RetryState
 from slack_sdk.web.async_client import AsyncWebClient
 
-from handlers import blocks
+from bot import chart
+from handlers import blocks, digest_blocks
 from handlers.text import escape, user
+from roles.digest import DigestReport
 from roles.ports import CardContext
 from roles.records import DecisionRecord, PlanRecord, Thread
 
 log = logging.getLogger("sophie.slack")
 
 CARD_EVENT = "sophie_plan_card"  # the message metadata event type of a plan card
+DIGEST_EVENT = "sophie_digest"  # … of a digest (its payload names the schedule slot)
+# Messages read when looking for a digest an interrupted try may have posted (from its slot on).
+DIGEST_LOOKUP_LIMIT = 100
 
 # Retries of one Slack call, inside the job (bounded: past them the job itself is retried).
 RATE_LIMIT_RETRIES = 3
@@ -228,3 +233,70 @@ class SlackNotifier:
     async def card_gone(self, channel: str, card_ts: str, plan_id: str) -> None:
         text, body = blocks.plan_gone(plan_id)
         await self.client.chat_update(channel=channel, ts=card_ts, text=text, blocks=body)
+
+    # -- the digest (roles/flows/digesting.py) ----------------------------------------------
+
+    async def post_digest(
+        self, channel: str, report: DigestReport, key: str = "", look_first: bool = False
+    ) -> str:
+        """The digest message, then its chart in the message's thread.
+
+        The message carries ``key`` (the schedule slot) in its metadata, so after an
+        interrupted try it is found instead of posted twice (``look_first``). The chart is
+        uploaded with files_upload_v2, Slack's upload flow: files.getUploadURLExternal for
+        an upload URL and a file id, the PNG POSTed to that URL, then
+        files.completeUploadExternal with ``channel_id`` and ``thread_ts`` to share it as a
+        reply (https://docs.slack.dev/reference/methods/files.getUploadURLExternal,
+        https://docs.slack.dev/reference/methods/files.completeUploadExternal: "Provide
+        another message's ts value to upload this file as a reply"). The chart is cosmetic:
+        a failed upload is logged and the digest stands (a retry would not re-upload it, as
+        it finds the message)."""
+        if look_first and key:
+            found = await self._find_digest(channel, key, report)
+            if found is not None:
+                log.info("digest %s is already in %s (%s): not posted again", key, channel, found)
+                return found
+        text, body = digest_blocks.digest(report)
+        resp = await self.client.chat_postMessage(
+            channel=channel,
+            text=text,
+            blocks=body,
+            unfurl_links=False,
+            unfurl_media=False,
+            metadata={"event_type": DIGEST_EVENT, "event_payload": {"key": key or "on-demand"}},
+        )
+        ts = str(resp["ts"])
+        try:
+            await self.client.files_upload_v2(
+                channel=channel,
+                thread_ts=ts,
+                content=chart.render(report.days),
+                filename=chart.filename(report.days),
+                title="Deploys and lead time per day",
+                alt_txt=digest_blocks.chart_alt_text(report),
+            )
+        except (SlackClientError, OSError, ValueError) as exc:
+            log.warning("the digest's chart could not be uploaded: %r", exc)
+        return ts
+
+    async def _find_digest(self, channel: str, key: str, report: DigestReport) -> str | None:
+        """The ts of the digest for ``key`` in ``channel`` (posted since its slot), else None.
+
+        conversations.history with include_all_metadata returns each message's metadata;
+        ``oldest`` bounds the read to what was posted since the slot began
+        (https://docs.slack.dev/reference/methods/conversations.history; needs
+        channels:history, groups:history for private channels). A failed read raises: the
+        job is tried again on the next tick rather than risk posting the digest twice."""
+        oldest = (report.slot or report.now).timestamp() - 1
+        resp = await self.client.conversations_history(
+            channel=channel,
+            oldest=f"{oldest:.6f}",
+            include_all_metadata=True,
+            limit=DIGEST_LOOKUP_LIMIT,
+        )
+        for message in resp.get("messages") or []:
+            meta = message.get("metadata") or {}
+            payload = meta.get("event_payload") or {}
+            if meta.get("event_type") == DIGEST_EVENT and payload.get("key") == key:
+                return str(message["ts"])
+        return None

@@ -25,7 +25,25 @@ def spawn(coro: Coroutine[Any, Any, Any]) -> None:
     task.add_done_callback(_done)
 
 
-async def drain() -> None:
-    """Wait for outstanding background calls (shutdown and tests)."""
-    while _tasks:
-        await asyncio.gather(*list(_tasks), return_exceptions=True)
+# Shutdown waits this long for background calls, then cancels what is left: a call
+# stuck on a peer that never answers must not hold the process (or a test) forever.
+DRAIN_SECONDS = 15.0
+
+
+async def drain(within: float = DRAIN_SECONDS) -> None:
+    """Wait for outstanding background calls (shutdown and tests), at most ``within``
+    seconds; then cancel the rest, and say so. Only this event loop's tasks count."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        mine = [t for t in _tasks if t.get_loop() is loop and not t.done()]
+        if not mine:
+            return
+        left = deadline - loop.time()
+        if left <= 0:
+            log.warning("shutdown: cancelling %d background call(s) still running", len(mine))
+            for task in mine:
+                task.cancel()
+            await asyncio.gather(*mine, return_exceptions=True)
+            return
+        await asyncio.wait(mine, timeout=left)

@@ -11,7 +11,7 @@ from roles.approvals import still_needed
 from roles.plan import ApprovalLevel, Plan, RiskLevel
 from roles.plan_diff import PlanDiff
 from roles.precedent import Precedent
-from roles.records import DecisionRecord, DeployLock, PlanRecord, PlanStatus, ProducedChange
+from roles.records import DecisionRecord, PlanRecord, PlanStatus, ProducedChange
 
 Block = dict[str, Any]
 
@@ -569,63 +569,6 @@ def plan_modal(plan: Plan) -> dict[str, Any]:
         "close": {"type": "plain_text", "text": "Close"},
         "blocks": blocks,
     }
-
-
-HOME_NO_CHANNELS = (
-    "_I could not read which channels you are in, so only plans waiting on you "
-    "and your own requests are shown._"
-)
-
-
-def home(
-    waiting: list[PlanRecord],
-    mine: list[PlanRecord],
-    others: list[PlanRecord],
-    note: str = "",
-    locks: dict[str, DeployLock] | None = None,
-) -> dict[str, Any]:
-    """The App Home tab of one viewer: only what they may see (see handlers/home.py).
-
-    Locks are shown to everyone who opens the tab: a lock names a repo@environment,
-    who locked it and why, never a plan's content."""
-    blocks: list[Block] = [
-        {"type": "header", "text": {"type": "plain_text", "text": "SOPHIE"}},
-        _section(
-            "Mention me or use `/sophie <directive>` in a channel, e.g. "
-            "_Add caching to the user authentication system and deploy to staging_."
-        ),
-    ]
-    parts = (
-        ("Waiting on you", waiting),
-        ("Your requests", mine),
-        ("From your channels and decisions", others),
-    )
-    for title, records in parts:
-        blocks.append({"type": "divider"})
-        blocks.append(_section(f"*{title}*"))
-        if not records:
-            blocks.append(_context("Nothing here."))
-        for record in records[:20]:
-            blocks.append(_home_line(record))
-    if locks:
-        blocks.append({"type": "divider"})
-        blocks.append(_section("*Locked environments* (approved deploys there wait)"))
-        for slot, held in sorted(locks.items())[:20]:
-            repo, _, env = slot.rpartition("@")
-            why = f" — {escape(held.reason, 200)}" if held.reason else ""
-            blocks.append(_context(f"🔒 `{repo}` → *{env}* by {user(held.by)}{why}"))
-    if note:
-        blocks.append(_context(note))
-    return {"type": "home", "blocks": blocks}
-
-
-def _home_line(record: PlanRecord) -> Block:
-    plan = record.plan
-    return _section(
-        f"`{plan.id}` *{record.status.value}* · {plan.target.repo} → "
-        f"{plan.target.environment} · risk {plan.risk.level.value}\n"
-        f"{escape(plan.interpretation.summary, 300)}"
-    )
 
 
 def _title(plan: Plan) -> str:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from typing import Any
 
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
+from handlers import digest_blocks, status
 from handlers.text import escape, rate_limited
 from roles.flows.intake import Intake
 from roles.records import Actor, Directive, Thread
@@ -19,9 +22,43 @@ HELP = (
     "deployment (who may is in the constitution)\n"
     "• `/sophie lock <environment> [repo] [reason]` — approved deploys there wait; "
     "`/sophie unlock <environment> [repo]` lets them go, in order\n"
+    "• `/sophie digest` — the digest now, only for you (the scheduled one goes to the "
+    "digest channel)\n"
+    "• `/sophie status [plan]` — recent plans here, or one plan; `/sophie pending` — what "
+    "waits on you; `/sophie trust` — trust scores and the autonomy floor\n"
     "• `/sophie help` — this message\n"
     "You can also @mention me in a channel or DM me."
 )
+
+
+log = logging.getLogger("sophie.handlers")
+
+# Slack wants the command answered within 3 s; the digest is read well within that.
+DIGEST_SECONDS = 2.5
+
+
+def is_digest_command(text: str) -> bool:
+    return text.strip().lower() == "digest"
+
+
+async def digest_reply(sophie: Sophie, channel: str) -> dict[str, Any]:
+    """``/sophie digest``: the digest, ephemerally (only the person who asked sees it).
+
+    In the digest channel it is the whole digest; elsewhere the figures only, since the
+    person may not be in the channels the plans came from. The chart's figures are in
+    words (a file cannot be attached to an ephemeral message). Nothing is remembered:
+    the next scheduled digest still starts from the last one posted."""
+    try:
+        report, _ = await asyncio.wait_for(sophie.digest(), DIGEST_SECONDS)
+    except TimeoutError:
+        log.warning("/sophie digest took longer than %.1f s", DIGEST_SECONDS)
+        return {
+            "text": "The digest is taking too long to read right now; try again in a minute.",
+            "response_type": "ephemeral",
+        }
+    detail = channel == sophie.constitution().digest.channel
+    text, body = digest_blocks.digest(report, detail=detail, chart=False)
+    return {"text": text, "blocks": body, "response_type": "ephemeral"}
 
 
 def directive_from_command(body: dict[str, Any]) -> Directive | None:
@@ -81,6 +118,15 @@ def _actor(body: dict[str, Any]) -> Actor:
 def register(app: AsyncApp, sophie: Sophie) -> None:
     @app.command("/sophie")
     async def on_command(ack: AsyncAck, body: dict[str, Any]) -> None:
+        if is_digest_command(body.get("text") or ""):
+            await ack(**await digest_reply(sophie, body.get("channel_id") or ""))
+            return
+        query = status.command(body.get("text") or "")
+        if query is not None:
+            verb, arg = query
+            channel = body.get("channel_id") or ""
+            await ack(**await status.answer(sophie, verb, arg, _actor(body), channel))
+            return
         locking = lock_command(sophie, body.get("text") or "")
         if locking is not None:
             verb, environment, repo, reason = locking

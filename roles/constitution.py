@@ -7,8 +7,9 @@ so a change to the rules voids approvals given under the old ones.
 
 from __future__ import annotations
 
+import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -265,6 +266,18 @@ class TrustRules(_Closed):
     minimum_for_autonomous: float = Field(default=0.8, ge=0, le=1)
 
 
+def check_cron(schedule: str) -> None:
+    """Refuse anything but a valid five-field cron expression (minute hour dom month dow)."""
+    from cronsim import CronSim, CronSimError
+
+    if len(schedule.split()) != 5:
+        raise ValueError(f"digest schedule {schedule!r}: five fields expected")
+    try:
+        CronSim(schedule, datetime(2000, 1, 1, tzinfo=UTC))
+    except CronSimError as exc:
+        raise ValueError(f"digest schedule {schedule!r}: {exc}") from exc
+
+
 class DigestRules(_Closed):
     """The scheduled digest: posted to ``channel`` on ``schedule`` (five-field cron, in
     ``timezone``), once per slot whatever the number of workers."""
@@ -277,6 +290,74 @@ class DigestRules(_Closed):
     @classmethod
     def _known_zone(cls, value: str) -> str:
         return BusinessHours._known_zone(value)
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_schedule(cls, value: str) -> str:
+        check_cron(value)  # fail closed: a digest that would never post is refused at load
+        return value
+
+
+ApiScope = Literal["plans:write", "plans:read", "trust-gate"]
+API_SCOPES: tuple[ApiScope, ...] = ("plans:write", "plans:read", "trust-gate")
+
+
+class ApiToken(_Closed):
+    """One client of the HTTP API (README, "The HTTP API").
+
+    Only the sha256 of the token is written here, never the token. ``channel`` is where
+    the cards of the plans it asks for are posted, and the only channel whose plans it
+    may read or query; ``team`` and ``user`` are the Slack identity a plan is requested
+    as, so the workspace binding and separation of duties hold as for Slack.
+    """
+
+    name: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    scopes: list[ApiScope] = Field(min_length=1)
+    channel: Annotated[str, StringConstraints(pattern=r"^[CG][A-Z0-9]{2,20}$")] | None = None
+    team: Annotated[str, StringConstraints(pattern=r"^T[A-Z0-9]{2,20}$")] | None = None
+    user: SlackUserId | None = None
+    enterprise: Annotated[str, StringConstraints(pattern=r"^(E[A-Z0-9]{2,20})?$")] = ""
+
+    @field_validator("sha256", mode="before")
+    @classmethod
+    def _hex_digest(cls, value: Any) -> Any:
+        # `sha256sum` prints lower-case hex; accept "sha256:" and upper case too.
+        if isinstance(value, str):
+            value = value.strip().lower().removeprefix("sha256:")
+        return value
+
+    @model_validator(mode="after")
+    def _identity(self) -> ApiToken:
+        if self.channel is None:
+            raise ValueError(
+                f"api token {self.name}: set channel: the Slack channel ID (C… or G…) where "
+                "the cards of its plans are posted and whose plans it may read"
+            )
+        if "plans:write" in self.scopes and (self.team is None or self.user is None):
+            raise ValueError(
+                f"api token {self.name}: set team (the workspace ID, T…) and user (the Slack "
+                "user ID, U… or W…) its plans are requested as: approvals bind to that "
+                "workspace and that user may not approve them"
+            )
+        return self
+
+
+class ApiRules(_Closed):
+    """Who may use the HTTP API (``/api/v1/…``). No tokens: every request is refused."""
+
+    tokens: list[ApiToken] = Field(default_factory=list, max_length=1000)
+
+    @model_validator(mode="after")
+    def _distinct(self) -> ApiRules:
+        for label, values in (
+            ("name", [t.name for t in self.tokens]),
+            ("sha256", [t.sha256 for t in self.tokens]),
+        ):
+            repeated = sorted({v for v in values if values.count(v) > 1})
+            if repeated:
+                raise ValueError(f"api tokens: {label} {repeated[0]} is used twice")
+        return self
 
 
 class Constitution(_Closed):
@@ -297,10 +378,14 @@ class Constitution(_Closed):
     digest: DigestRules = DigestRules()
     rate_limits: RateLimits = RateLimits()
     deploys: Deploys = Deploys()
+    # Who may call the HTTP API. Excluded from dumps, so neither from the digest (a new or
+    # rotated token voids no approval) nor from the rules sent to workflows and verifiers.
+    api: ApiRules = Field(default_factory=lambda: ApiRules(), exclude=True)
     # Folder of conftest-style Rego policies, relative to the constitution file.
     policies_dir: str | None = None
     _policy_sources: dict[str, str] = PrivateAttr(default_factory=dict)
     _source_text: str = PrivateAttr(default="")
+    _published: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _consistent(self) -> Constitution:
@@ -323,9 +408,37 @@ class Constitution(_Closed):
         return {
             "version": self.version,
             "digest": self.digest_hex,
-            "yaml": self._source_text,
+            "yaml": self._published_text(),
             "policies": dict(self._policy_sources),
         }
+
+    def _published_text(self) -> str:
+        """The source without its ``api:`` section: who holds API tokens (and their
+        digests) is nobody else's business, and the digest does not cover it anyway.
+        Where cutting the section out would change anything else, the rules are published
+        as JSON instead (which is YAML too)."""
+        if self._published is None:
+            self._published = self._without_api()
+        return self._published
+
+    def _without_api(self) -> str:
+        if "api" not in (yaml.safe_load(self._source_text) or {}):
+            return self._source_text
+        kept, inside = [], False
+        for line in self._source_text.splitlines(keepends=True):
+            if line[:1] not in ("", " ", "\t", "\r", "\n", "#"):
+                inside = line.startswith("api:")
+            if not inside:
+                kept.append(line)
+        text = "".join(kept)
+        try:
+            same = parse_constitution(text).model_dump() == self.model_dump()
+            data = yaml.safe_load(text)
+        except (ConstitutionError, yaml.YAMLError):
+            same, data = False, None
+        if same and isinstance(data, dict) and "api" not in data:
+            return text
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
 
     @property
     def policy_sources(self) -> dict[str, str]:

@@ -89,8 +89,18 @@ class Reconcile:
         return {}
 
 
-Job = PlanDirective | OnPlan | Revise | RunEvent | Reconcile
-NAMES: tuple[str, ...] = ("plan", "revise", "run_event", "reconcile", *PLAN_JOBS)
+@dataclass(frozen=True)
+class Digest:
+    """A periodic check (cron): post the scheduled digest if its slot is due and unclaimed."""
+
+    name: Literal["digest"] = "digest"
+
+    def payload(self) -> dict[str, Any]:
+        return {}
+
+
+Job = PlanDirective | OnPlan | Revise | RunEvent | Reconcile | Digest
+NAMES: tuple[str, ...] = ("plan", "revise", "run_event", "reconcile", "digest", *PLAN_JOBS)
 
 
 class BadJob(ValueError):
@@ -130,6 +140,8 @@ def parse(name: str, payload: dict[str, Any]) -> Job:
             return RunEvent(int(payload["run_id"]), str(payload.get("correlation_id", "")))
         if name == "reconcile":
             return Reconcile()
+        if name == "digest":
+            return Digest()
         if name in PLAN_JOBS:
             return OnPlan(name, str(payload["plan_id"]))  # type: ignore[arg-type]
     except (KeyError, TypeError, ValueError) as exc:

@@ -7,6 +7,7 @@ from typing import Any, Protocol
 
 from roles.change_check import Change
 from roles.constitution import Constitution
+from roles.digest import DigestReport
 from roles.draft import PlanDraft
 from roles.navigator import Reading
 from roles.outcomes import Outcome
@@ -254,6 +255,15 @@ class Notifier(Protocol):
     async def tell_user(self, thread: Thread, user_id: str, text: str) -> None: ...
     async def card_gone(self, channel: str, card_ts: str, plan_id: str) -> None:
         """The plan behind this card no longer exists: say so on the card, without buttons."""
+        ...
+
+    async def post_digest(
+        self, channel: str, report: DigestReport, key: str = "", look_first: bool = False
+    ) -> str:
+        """Post the digest (and its chart) to ``channel``; the message's ts. ``key`` names
+        the schedule slot (carried in the message's metadata); ``look_first``: an earlier
+        try may have posted it, so look for a message with ``key`` first and, if there is
+        one, post nothing and return its ts."""
         ...
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from roles import jobs
+from roles.digest import DigestReport
 from roles.flows import (
     deciding,
+    digesting,
     dispatching,
     intake,
     locking,
@@ -77,6 +79,15 @@ class Sophie(Context):
     async def reconcile(self) -> dict[str, int]:
         return await reconciling.reconcile(self)
 
+    async def digest(self, post: bool = False) -> tuple[DigestReport, str | None]:
+        """The digest now (``/sophie digest``, ``sophie digest --now``); with ``post``, posted
+        to the constitution's digest channel and remembered as the last digest."""
+        return await digesting.now(self, post)
+
+    async def digest_tick(self) -> str | None:
+        """The scheduled digest, if its slot is due (once per slot across every worker)."""
+        return await digesting.tick(self)
+
     async def job_failed(self, job: jobs.Job, error_text: str) -> None:
         """A job failed on its last try: the thread hears what failed and what to do."""
         await reconciling.job_failed(self, job, error_text)
@@ -107,6 +118,8 @@ class Sophie(Context):
                 return await deciding.remind(self, plan_id)
             case jobs.Reconcile():
                 return await reconciling.reconcile(self)
+            case jobs.Digest():
+                return await digesting.tick(self)
         raise jobs.BadJob(f"no flow runs {job!r}")
 
 

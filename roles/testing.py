@@ -18,6 +18,7 @@ from typing import Any
 from roles import jobs
 from roles.change_check import Change
 from roles.constitution import Constitution
+from roles.digest import DigestReport
 from roles.outcomes import Outcome
 from roles.plan import Plan
 from roles.ports import CardContext, CIRateLimited, CIUncertain
@@ -356,6 +357,8 @@ class RecordingNotifier:
 
     posted: list[Posted] = field(default_factory=list)
     _ts: int = 0
+    # Each digest posted: (channel, ts, slot key, report).
+    digests: list[tuple[str, str, str, DigestReport]] = field(default_factory=list)
 
     def _next(self) -> str:
         self._ts += 1
@@ -417,6 +420,18 @@ class RecordingNotifier:
 
     async def card_gone(self, channel: str, card_ts: str, plan_id: str) -> None:
         self.posted.append(Posted("card_gone", Thread(channel, card_ts), "", plan_id))
+
+    async def post_digest(
+        self, channel: str, report: DigestReport, key: str = "", look_first: bool = False
+    ) -> str:
+        if look_first and key:
+            found = next((d for d in self.digests if d[0] == channel and d[2] == key), None)
+            if found is not None:
+                return found[1]
+        ts = self._next()
+        self.digests.append((channel, ts, key, report))
+        self.posted.append(Posted("digest", Thread(channel, ""), key))
+        return ts
 
 
 class ScriptedCI:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -23,7 +23,7 @@ from roles.ports import (
     Scheduler,
     Signer,
 )
-from roles.records import RunInfo
+from roles.records import PlanRecord, RunInfo
 
 BOT_TEAM = "sophie"
 
@@ -89,6 +89,10 @@ class Context:
     last_edit: dict[str, float] = field(default_factory=dict)
     # Outcomes and timings as Prometheus metrics (bot/metrics.py), in every process.
     metrics: Metrics = field(default_factory=NoMetrics)
+    # Called with a plan whenever it changes (deciding.refresh_card, and when it starts
+    # waiting on people): App Home republishes the tabs of those it concerns. Cosmetic:
+    # the flows log its failures and go on.
+    home_changed: Callable[[PlanRecord], Awaitable[None]] | None = None
 
     async def enqueue(self, job: jobs.Job, key: str, delay_seconds: float = 0) -> None:
         """Queue a job from the job table (its payload is checked against the table)."""

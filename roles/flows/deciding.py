@@ -26,6 +26,7 @@ def bot_actor(ctx: Context) -> Actor:
 
 
 async def start_approval(ctx: Context, record: PlanRecord, constitution: Constitution) -> None:
+    await home_changed(ctx, record)  # the plan now waits on people (its card is posted)
     level = record.plan.approval.level
     if level == ApprovalLevel.AUTONOMOUS:
         await bot_decides(ctx, record, constitution, approval_rule(record.plan))
@@ -309,7 +310,18 @@ async def refresh_card(ctx: Context, plan_id: str) -> None:
         # Every move to an end (veto, expiry, stale, error, a finished run) refreshes
         # the card: Ψ keeps the outcome here too (once; kept already is a no-op).
         await ended(ctx, plan_id)
+    await home_changed(ctx, record)
     if not record.card_ts:
         await settle(ctx, record)
         return
     await ctx.notifier.update_card(record, await card_context(ctx, record))
+
+
+async def home_changed(ctx: Context, record: PlanRecord) -> None:
+    """Tell App Home that ``record`` changed. Cosmetic: a failure is logged, never raised."""
+    if ctx.home_changed is None:
+        return
+    try:
+        await ctx.home_changed(record)
+    except Exception:
+        log.warning("could not refresh App Home for %s", record.plan.id, exc_info=True)

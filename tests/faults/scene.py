@@ -103,7 +103,7 @@ TO_DISPATCHING = moving_to("dispatching")
 RECORD_RUN = rf'^HSET {PLAN} run \{{.*"run_id": \d'  # the first: GitHub accepted the dispatch
 RECORD_POLL = rf'^HSET {PLAN} run \{{.*"status": "in_progress"'
 TO_OUTCOME = moving_to("succeeded|failed")
-REMEMBER = r"^LPUSH sophie:memory:"  # Ψ remembers the outcome (after it is marked)
+REMEMBER = r"^HSETNX sophie:outcome "  # Ψ keeps the outcome (after it is marked)
 
 
 # --- what the thread shows ---------------------------------------------------------------

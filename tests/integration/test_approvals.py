@@ -125,7 +125,11 @@ def level(env: str, approval: str, **extra: Any) -> Edit:
 
 
 async def test_autonomous_runs_at_once_signed_by_the_bot(bot: Bot, fakes: Fakes) -> None:
-    await bot.start(level("development", "autonomous"))
+    def autonomous_and_trusted(doc: dict[str, Any]) -> None:
+        level("development", "autonomous")(doc)
+        doc["trust"]["minimum_for_autonomous"] = doc["trust"]["initial"]  # trust at the floor
+
+    await bot.start(autonomous_and_trusted)
     card, _ = await bot.directive("deploy auth to development")
     assert kit.APPROVE not in _buttons(card.blocks)  # nothing to approve
     (inputs,) = await eventually(lambda: dispatched_inputs(fakes), what="autonomous dispatch")

@@ -17,6 +17,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import yaml
 
 from tests import slack_requests as sr
 from tests.fakes.server import ThreadedServer
@@ -256,3 +257,22 @@ def test_doctor_reports_mode_route_and_bind(tmp_path: Path) -> None:
     for result in (no_secret, http, sock, user_token):
         assert BOT_TOKEN not in result.stdout + result.stderr
         assert SIGNING_SECRET not in result.stdout + result.stderr
+
+
+def test_a_constitution_that_cannot_be_kept_is_refused_before_anything_starts(
+    tmp_path: Path,
+) -> None:
+    """A digest schedule that would never fire, an API token with no channel: refused at
+    start (exit 2, what to fix, no traceback), for serve and worker alike."""
+    doc = yaml.safe_load((ROOT / "constitution.yml").read_text())
+    doc["policies_dir"] = str(ROOT / "policies")
+    doc["digest"]["schedule"] = "61 * * * *"
+    bad = tmp_path / "constitution.yml"
+    bad.write_text(yaml.safe_dump(doc))
+    for command in ("serve", "worker"):
+        port = _port()
+        result = _sophie(command, env=_env(tmp_path, PORT=str(port), SOPHIE_CONSTITUTION=str(bad)))
+        assert result.returncode == 2, result.stderr
+        assert "digest schedule '61 * * * *'" in result.stderr and str(bad) in result.stderr
+        assert "Traceback" not in result.stderr
+        assert _listening(port) == set() and not (tmp_path / "data" / "redis").exists()
