@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -123,11 +124,12 @@ def card(
     """
     plan = record.plan
     target = plan.target
-    planner = (
-        "offline planner (no LLM configured)"
-        if plan.provenance.planner == "offline"
-        else "LLM: " + ", ".join(escape(m, 60) for m in plan.provenance.models)
-    )
+    if plan.interpretation.intent.value == "rollback":
+        planner = "rollback rule (rollbacks are planned without a model)"
+    elif plan.provenance.planner == "offline":
+        planner = "offline planner"
+    else:
+        planner = "LLM: " + ", ".join(escape(m, 60) for m in plan.provenance.models)
     if plan.provenance.agreement is not None:
         planner += f" (agreement {plan.provenance.agreement:.0%})"
     blocks: list[Block] = [
@@ -261,6 +263,9 @@ def _state_blocks(record: PlanRecord, window_ends: float | None = None) -> list[
                 "unless someone vetoes it"
             )
         )
+    if plan.approval.level == ApprovalLevel.AUTONOMOUS:
+        # It runs at once by the constitution's rule: a Veto button could not stop it.
+        return [*blocks, _context("Runs at once: the constitution needs no approval here.")]
     buttons: list[Block] = []
     if plan.approval.level not in (ApprovalLevel.AUTONOMOUS, ApprovalLevel.NOTIFICATION):
         approve = _button(APPROVE, "Approve", plan, "primary")
@@ -298,16 +303,35 @@ def _button(action_id: str, label: str, plan: Plan, style: str | None = None) ->
     return button
 
 
+_CHANGES_BY = re.compile(r"^changes requested by ([UW][A-Z0-9]{2,20}): ?(.*)$", re.S)
+
+
 def _final_line(record: PlanRecord) -> str:
+    """The card's last line: what became of the plan, and who did it (the vetoer, the
+    person who asked for changes), then who approved it where it was approved."""
     line = _STATUS_LINE.get(record.status, record.status.value)
+    if record.status == PlanStatus.SUCCEEDED and record.run is not None and record.run.dry_run:
+        line = "🧪 Approved — dry run: nothing was deployed"
     who = ""
+    note = record.note
     if record.veto is not None:
         reason = f": {escape(record.veto.reason, 300)}" if record.veto.reason else ""
         who = f" by {user(record.veto.actor.user_id)}{reason}"
-    elif record.approvals and record.status != PlanStatus.BLOCKED:
-        who = " by " + ", ".join(user(d.actor.user_id) for d in record.approvals)
-    note = f"\n_{escape(record.note, 500)}_" if record.note else ""
-    return f"*{line}*{who}{note}"
+    elif record.status == PlanStatus.SUPERSEDED:
+        asked = _CHANGES_BY.match(note)
+        if asked:
+            who = f" by {user(asked.group(1))}"
+            note = asked.group(2).strip()
+    text = f"*{line}*{who}"
+    approved = [
+        user(d.actor.user_id) + (" (the constitution's rule)" if d.actor.is_bot else "")
+        for d in record.approvals
+    ]
+    if approved and record.status not in (PlanStatus.BLOCKED, PlanStatus.SUPERSEDED):
+        text += "\nApproved by " + ", ".join(approved)
+    if note:
+        text += f"\n_{escape(note, 500)}_"
+    return text
 
 
 def card_fallback(record: PlanRecord) -> str:
@@ -554,7 +578,23 @@ def plan_modal(plan: Plan) -> dict[str, Any]:
     """A modal with the full plan YAML, split into code blocks under Slack's limits."""
     text = plan.to_yaml()
     chunk = 2900
-    pieces = [text[i : i + chunk] for i in range(0, len(text), chunk)]
+    # Whole lines per code block: a value (the digest, a long description) is never cut
+    # across two blocks; a single line longer than a block is cut at the limit.
+    pieces: list[str] = []
+    current = ""
+    for line in text.splitlines(keepends=True):
+        while len(line) > chunk:
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(line[:chunk])
+            line = line[chunk:]
+        if len(current) + len(line) > chunk:
+            pieces.append(current)
+            current = ""
+        current += line
+    if current:
+        pieces.append(current)
     blocks: list[Block] = [
         _context(f"digest sha256 `{plan.digest}`"),
     ]

@@ -9,27 +9,10 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp
 
 from handlers import digest_blocks, status
-from handlers.text import escape, rate_limited
+from handlers.text import HELP, escape, rate_limited
 from roles.flows.intake import Intake
 from roles.records import Actor, Directive, Thread
 from roles.sophie import Sophie
-
-HELP = (
-    "*SOPHIE* turns a directive into a signed, constitution-checked plan.\n"
-    "• `/sophie <directive>` — plan a change, e.g. "
-    "`/sophie Add caching to the user authentication system and deploy to staging`\n"
-    "• `/sophie rollback [repo] [environment]` — roll back to the last known good "
-    "deployment (who may is in the constitution)\n"
-    "• `/sophie lock <environment> [repo] [reason]` — approved deploys there wait; "
-    "`/sophie unlock <environment> [repo]` lets them go, in order\n"
-    "• `/sophie digest` — the digest now, only for you (the scheduled one goes to the "
-    "digest channel)\n"
-    "• `/sophie status [plan]` — recent plans here, or one plan; `/sophie pending` — what "
-    "waits on you; `/sophie trust` — trust scores and the autonomy floor\n"
-    "• `/sophie help` — this message\n"
-    "You can also @mention me in a channel or DM me."
-)
-
 
 log = logging.getLogger("sophie.handlers")
 

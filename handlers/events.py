@@ -6,9 +6,10 @@ import re
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
+from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers.background import spawn
-from handlers.text import rate_limited
+from handlers.text import HELP, rate_limited
 from roles.flows.intake import Intake
 from roles.records import Actor, Directive, Thread
 from roles.sophie import Sophie
@@ -44,6 +45,18 @@ def directive_from_event(body: dict[str, Any], source: str) -> Directive | None:
     )
 
 
+def empty_mention(body: dict[str, Any]) -> tuple[Thread, str] | None:
+    """Where and to whom to answer a mention that says nothing (else None)."""
+    event = body.get("event")
+    if not isinstance(event, dict) or event.get("bot_id") or event.get("subtype"):
+        return None
+    user, channel, ts = (_text_field(event, k) for k in ("user", "channel", "ts"))
+    text = _LEADING_MENTION.sub("", _text_field(event, "text"), count=1).strip()
+    if not (user and channel and ts) or text:
+        return None
+    return Thread(channel=channel, thread_ts=_text_field(event, "thread_ts") or ts), user
+
+
 def _text_field(data: dict[str, Any], key: str) -> str:
     value = data.get(key)
     return value if isinstance(value, str) else ""
@@ -58,10 +71,20 @@ async def _receive(sophie: Sophie, directive: Directive) -> None:
 
 def register(app: AsyncApp, sophie: Sophie) -> None:
     @app.event("app_mention")
-    async def on_mention(body: dict[str, Any]) -> None:
+    async def on_mention(body: dict[str, Any], client: AsyncWebClient) -> None:
         directive = directive_from_event(body, "mention")
         if directive is not None:
             await _receive(sophie, directive)
+            return
+        asker = empty_mention(body)
+        if asker is not None:  # "@sophie" alone: say how to ask, only to them
+            thread, user_id = asker
+            # Our own text, with its formatting (tell_user escapes what it is given).
+            spawn(
+                client.chat_postEphemeral(
+                    channel=thread.channel, user=user_id, thread_ts=thread.thread_ts, text=HELP
+                )
+            )
 
     @app.event("message")
     async def on_message(body: dict[str, Any]) -> None:

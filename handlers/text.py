@@ -43,3 +43,21 @@ def rate_limited(per_user: int, per_channel: int, window_seconds: int) -> str:
         f"({per_user} per person and {per_channel} per channel every {window_seconds} s). "
         "Nothing was planned; try again in a minute."
     )
+
+
+# What SOPHIE answers to `/sophie help`, an empty `/sophie` and an empty @mention.
+HELP = (
+    "*SOPHIE* turns a directive into a signed, constitution-checked plan.\n"
+    "• `/sophie <directive>` — plan a change, e.g. "
+    "`/sophie Add caching to the user authentication system and deploy to staging`\n"
+    "• `/sophie rollback [repo] [environment]` — roll back to the last known good "
+    "deployment (who may is in the constitution)\n"
+    "• `/sophie lock <environment> [repo] [reason]` — approved deploys there wait; "
+    "`/sophie unlock <environment> [repo]` lets them go, in order\n"
+    "• `/sophie digest` — the digest now, only for you (the scheduled one goes to the "
+    "digest channel)\n"
+    "• `/sophie status [plan]` — recent plans here, or one plan; `/sophie pending` — what "
+    "waits on you; `/sophie trust` — trust scores and the autonomy floor\n"
+    "• `/sophie help` — this message\n"
+    "You can also @mention me in a channel or DM me."
+)

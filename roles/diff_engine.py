@@ -235,6 +235,16 @@ def _denials(
     return hits
 
 
+def needs(level: ApprovalLevel) -> str:
+    """An approval level in plain words, for the reasons shown on the card."""
+    return {
+        ApprovalLevel.AUTONOMOUS: "no approval (it runs at once)",
+        ApprovalLevel.NOTIFICATION: "no approval, with a veto window",
+        ApprovalLevel.APPROVAL: "one approver",
+        ApprovalLevel.SUPERVISION: "two or more approvers",
+    }[level]
+
+
 def decide_approval(
     reading: Reading,
     risk: Risk,
@@ -251,7 +261,7 @@ def decide_approval(
     reasons = [
         RuleHit(
             id=f"environments.{reading.environment}",
-            message=f"'{reading.environment}' requires {level.value}",
+            message=f"'{reading.environment}' needs {needs(level)}",
             effect="info",
         )
     ]
@@ -260,7 +270,7 @@ def decide_approval(
         reasons = [
             RuleHit(
                 id=f"environments.{reading.environment}.rollback_approval",
-                message=f"Rollbacks in '{reading.environment}' require {level.value}",
+                message=f"Rollbacks in '{reading.environment}' need {needs(level)}",
                 effect="info",
             )
         ]
@@ -281,7 +291,7 @@ def decide_approval(
             raise_to(
                 guessed.approval,
                 "assumption.lookalike-environment",
-                f"The directive nearly names '{name}', which requires {guessed.approval.value}",
+                f"The directive nearly names '{name}', which needs {needs(guessed.approval)}",
             )
     for freeze in freezes.active(constitution, reading.environment, now or datetime.now(UTC)):
         if freeze.effect == "raise":

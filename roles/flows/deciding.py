@@ -219,6 +219,14 @@ async def _decide_once(
         return Reply(False, result.reason or f"This plan is already {result.status.value}."), ""
     await ctx.refresh_card_later(plan_id)
     if decision == "veto":
+        if plan.requester.user_id != actor.user_id:  # the requester hears it, with why
+            why = f": {reason}" if reason else ""
+            await ctx.notifier.tell_user(
+                record.thread,
+                plan.requester.user_id,
+                f"Your plan {plan_id} was vetoed by {actor.name or actor.user_id}{why}. "
+                "Nothing will run.",
+            )
         return Reply(True, "Vetoed. Nothing will run."), ""
     if completes:
         await approved(ctx, plan_id)
