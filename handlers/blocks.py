@@ -389,8 +389,17 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
         return _implement_result(record)
     ok = run.succeeded
     status = "completed" if ok else "failed"
-    lines = [
-        f"{'✅' if ok else '❌'} *{status}* · plan `{plan.id}`",
+    lines = [f"{'✅' if ok else '❌'} *{status}* · plan `{plan.id}`"]
+    if not ok and run.failing_job:
+        # A failure leads with where it failed; the rest follows.
+        where = escape(run.failing_job, 100)
+        if run.failing_step:
+            where += f" › {escape(run.failing_step, 100)}"
+        log = f" — {_link(run.log_url, 'log')}" if run.log_url else ""
+        lines.append(f"*Failed at:* {where}{log}")
+    if not ok and run.detail:
+        lines.append(f"*Why:* {escape(run.detail, 500)}")
+    lines += [
         # The URL the deployment reported for this plan's environment (one per environment).
         f"*{escape(plan.target.environment.capitalize(), 40)} URL:* "
         f"{_link(run.staging_url) if run.staging_url else 'none reported'}",
@@ -415,14 +424,8 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
     elif run.head_sha and plan.target.action != "rollback":
         ref = escape(plan.target.ref, 100)
         lines.append(f"*Commit:* `{ref}@{run.head_sha[:12]}`, as it is (no change was made)")
-    if not ok and run.failing_job:
-        where = escape(run.failing_job, 100)
-        if run.failing_step:
-            where += f" › {escape(run.failing_step, 100)}"
-        log = f" — {_link(run.log_url, 'log')}" if run.log_url else ""
-        lines.append(f"*Failed at:* {where}{log}")
-    if not ok and run.detail:
-        lines.append(f"*Why:* {escape(run.detail, 500)}")
+    if run.rollback_to and rollback_offered(record):
+        lines.append(f"*Rollback would deploy:* `{escape(run.rollback_to, 120)}`")
     fallback = f"Plan {plan.id} {status}"
     if run.staging_url and ok:
         fallback += f": {run.staging_url}"
@@ -441,6 +444,26 @@ def result(record: PlanRecord) -> tuple[str, list[Block]]:
                         # Bound like the card's buttons; the handler also checks the thread.
                         "value": button_value(plan),
                         **({} if ok else {"style": "danger"}),
+                        # A rollback deploys: one deliberate second tap, saying what.
+                        "confirm": {
+                            "title": {"type": "plain_text", "text": "Roll back?"},
+                            "text": {
+                                "type": "mrkdwn",
+                                "text": truncate(
+                                    f"Roll `{escape(plan.target.repo, 100)}` in "
+                                    f"*{escape(plan.target.environment, 40)}* back to "
+                                    + (
+                                        f"`{escape(run.rollback_to, 120)}`"
+                                        if run.rollback_to
+                                        else "the last known good deployment"
+                                    )
+                                    + ". It is planned, checked and signed like any plan.",
+                                    300,
+                                ),
+                            },
+                            "confirm": {"type": "plain_text", "text": "Plan the rollback"},
+                            "deny": {"type": "plain_text", "text": "Cancel"},
+                        },
                     }
                 ],
             }

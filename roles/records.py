@@ -165,6 +165,7 @@ class RunInfo:
     # The produced change, from the implement run on: carried into the run that deploys it.
     change: ProducedChange | None = None
     build_seconds: float = 0.0  # how long the build job took (GitHub's job timestamps)
+    rollback_to: str = ""  # ref@sha the Rollback button would deploy (prepared at the end)
 
     def signature(self) -> str:
         """What the status message would show; an edit is due when this changes."""

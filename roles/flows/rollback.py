@@ -63,7 +63,8 @@ async def target(
 
 
 async def prepare(ctx: Context, record: PlanRecord) -> None:
-    """After a deployment, find what it would roll back to, so the button is instant."""
+    """After a deployment, find what it would roll back to, so the button is instant and
+    the result can say what Rollback would deploy."""
     run = record.run
     if run is None or run.dry_run or not run.head_sha:
         return
@@ -75,3 +76,6 @@ async def prepare(ctx: Context, record: PlanRecord) -> None:
         return
     if found is not None:
         await ctx.store.set_prepared_rollback(f"{t.repo}:{t.environment}", run.head_sha, *found)
+        sha, ref = found
+        run.rollback_to = f"{ref}@{sha[:12]}"
+        await ctx.store.save_run(record.plan.id, run)

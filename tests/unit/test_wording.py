@@ -93,3 +93,35 @@ def test_an_empty_mention_is_answered_with_how_to_ask() -> None:
     said = {**body, "event": {**body["event"], "text": "<@UBOT> deploy auth"}}
     assert events.empty_mention(said) is None
     assert events.directive_from_event(body, "mention") is None
+
+
+def _finished(ok: bool) -> PlanRecord:
+    record = _record(PlanStatus.SUCCEEDED if ok else PlanStatus.FAILED, approvers=(ALICE,))
+    record.run = RunInfo(
+        dry_run=False,
+        status="completed",
+        conclusion="success" if ok else "failure",
+        run_id=7,
+        html_url="https://github.com/acme/auth-service/actions/runs/7",
+        head_sha="b" * 40,
+        failing_job=None if ok else "Deploy to staging",
+        failing_step=None if ok else "Deploy",
+        log_url=None if ok else "https://github.com/acme/auth-service/actions/runs/7/job/1",
+        rollback_to="main@" + "a" * 12,
+    )
+    return record
+
+
+def test_a_failure_leads_with_where_it_failed_and_rollback_says_what_it_deploys() -> None:
+    from tests.fakes import blockkit
+
+    text, body = blocks.result(_finished(ok=False))
+    assert blockkit.message_problems(text, body) == []
+    lines = body[0]["text"]["text"].splitlines()
+    assert lines[0].startswith("❌ *failed*") and lines[1].startswith("*Failed at:* Deploy to")
+    assert "*Rollback would deploy:* `main@aaaaaaaaaaaa`" in lines
+    (button,) = body[1]["elements"]
+    assert button["action_id"] == blocks.ROLLBACK and "confirm" in button
+    assert "`main@aaaaaaaaaaaa`" in button["confirm"]["text"]["text"]
+    _, good = blocks.result(_finished(ok=True))
+    assert "Failed at" not in json.dumps(good) and "Rollback would deploy" in json.dumps(good)
