@@ -138,7 +138,7 @@ def card(
             f"*Directive* from {user(plan.requester.user_id)}\n>{escape(plan.directive, 900)}"
         ),
         _section(
-            f"*Φ Interpretation* ({plan.interpretation.intent.value})\n"
+            f"*What SOPHIE understood* ({plan.interpretation.intent.value})\n"
             + escape(plan.interpretation.summary, 1500)
         ),
         {
@@ -205,7 +205,7 @@ def _precedent_blocks(precedent: Precedent | None) -> list[Block]:
         for result, count in sorted(precedent.counts().items(), key=lambda kv: -kv[1])
     )
     head = (
-        f"*Ψ Precedent* — {n} similar change{'s' if n != 1 else ''} to "
+        f"*Before this* — {n} similar change{'s' if n != 1 else ''} to "
         f"`{escape(precedent.repo, 100)}` in {escape(precedent.environment, 40)}: {counts}"
     )
     lines = [
@@ -224,7 +224,10 @@ def what_runs_text(plan: Plan) -> str:
         return f"`{t.workflow}` · rollback to `{t.sha[:12]}`"
     then = "build its artifacts" if t.action == "build" else "deploy it"
     if t.implement:
-        return f"`{t.workflow}` · implement on `sophie/{plan.id}` from `{ref}`, Δ checks, {then}"
+        return (
+            f"`{t.workflow}` · implement on `sophie/{plan.id}` from `{ref}`, "
+            f"check the change, {then}"
+        )
     if t.action == "build":
         return f"`{t.workflow}` · build `{ref}` as it is (artifacts only)"
     return f"`{t.workflow}` · deploy `{ref}` as it is (its head when the run starts)"
@@ -497,11 +500,11 @@ def change(record: PlanRecord) -> tuple[str, list[Block]]:
     if len(c.file_list) > 15:
         files += f"\n• … and {len(c.file_list) - 15} more"
     if c.verdict == "checked":
-        head = f"🔎 *Δ checked the change* for `{record.plan.id}`: it stays within the plan."
-        fallback = f"Δ checked the change of {record.plan.id}"
+        head = f"🔎 *The change was checked* for `{record.plan.id}`: it stays within the plan."
+        fallback = f"The change of {record.plan.id} was checked"
     else:
-        head = f"⛔ *Δ refused the change* for `{record.plan.id}`: {escape(c.reason, 900)}"
-        fallback = f"Δ refused the change of {record.plan.id}: nothing deploys"
+        head = f"⛔ *The change was refused* for `{record.plan.id}`: {escape(c.reason, 900)}"
+        fallback = f"The change of {record.plan.id} was refused: nothing deploys"
     body = [
         _section(truncate(head, 3000)),
         _section(truncate(f"*Change:* {_change_line(c)}\n*Tests:* {tests}", 3000)),
@@ -524,12 +527,15 @@ def change_card(record: PlanRecord, decisions: Sequence[DecisionRecord]) -> tupl
     still = approvals.needed_for_change(plan, {d.actor.user_id: d.groups for d in decisions})
     lines = [
         f"*Change:* {_change_line(c)}",
-        f"*Diff digest:* `sha256:{c.change_digest[:16]}…` · checked by Δ, signed",
+        f"*Diff digest:* `sha256:{c.change_digest[:16]}…` · checked and signed",
         f"*Approval needed:* {approval_text(plan)} (the plan's level)",
     ]
     if who:
         lines.append("*Approved by:* " + ", ".join(user(u) for u in who))
-    header = {"type": "header", "text": {"type": "plain_text", "text": f"Δ Review: {plan.id}"}}
+    header = {
+        "type": "header",
+        "text": {"type": "plain_text", "text": truncate(f"Review the change: {_title(plan)}", 150)},
+    }
     body: list[Block] = [
         header,
         _section(
@@ -634,8 +640,19 @@ def plan_modal(plan: Plan) -> dict[str, Any]:
     }
 
 
+_VERB = {"deploy": "Deploy", "build": "Build", "rollback": "Roll back"}
+
+
 def _title(plan: Plan) -> str:
-    return f"Σ Plan {plan.id}" + (f" · revision {plan.revision}" if plan.revision > 1 else "")
+    """What the decision is about, in words: "Deploy acme/auth-service → staging"."""
+    t = plan.target
+    verb = "Change and deploy" if t.implement and t.action == "deploy" else _VERB[t.action]
+    title = f"{verb} {t.repo} → {t.environment}"
+    if t.environment in ("production", "prod"):
+        title = "🔴 " + title  # production is unmistakable
+    if plan.revision > 1:
+        title += f" · revision {plan.revision}"
+    return truncate(title, 150)
 
 
 def _revision_blocks(plan: Plan, changes: PlanDiff | None) -> list[Block]:

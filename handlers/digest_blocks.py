@@ -209,7 +209,7 @@ def digest(
 ) -> tuple[str, list[Block]]:
     """(fallback text, blocks) of the digest. ``chart``: the chart image is posted in the
     message's thread (scheduled and CLI digests); otherwise its figures are given in words."""
-    title = "Ψ SOPHIE digest — " + when(report.slot or report.now)
+    title = "SOPHIE digest — " + when(report.slot or report.now)
     blocks: list[Block] = [
         {"type": "header", "text": {"type": "plain_text", "text": truncate(title, 150)}},
         _context(

@@ -100,7 +100,7 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
         await _save(ctx, record, run, refused)
         await ctx.notifier.post_change(record)
         await tracking.finish(
-            ctx, record, PlanStatus.FAILED, f"Δ refused the change: {misreported}"
+            ctx, record, PlanStatus.FAILED, f"the change was refused: {misreported}"
         )
         return True
     try:
@@ -140,7 +140,7 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
         )
         await ctx.notifier.post_change(record)
         await tracking.finish(
-            ctx, record, PlanStatus.FAILED, f"Δ refused the change: {verdict.reason}"
+            ctx, record, PlanStatus.FAILED, f"the change was refused: {verdict.reason}"
         )
         return True
     statement = attestation.change_statement(plan, change, constitution.digest_hex, ctx.clock())

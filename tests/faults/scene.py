@@ -114,10 +114,8 @@ def thread(slack: FakeSlack, thread_ts: str) -> list[Message]:
 
 
 def is_card(m: Message) -> bool:
-    return any(
-        b.get("type") == "header" and "Plan" in str(b.get("text", {}).get("text", ""))
-        for b in m.blocks or []
-    )
+    """A plan card, known by the metadata SOPHIE posts it with."""
+    return (m.metadata or {}).get("event_type") == "sophie_plan_card"
 
 
 def is_status(m: Message) -> bool:

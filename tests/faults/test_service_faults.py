@@ -8,6 +8,7 @@ result, and the status message ends showing how the run ended.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable
@@ -23,10 +24,11 @@ from tests.faults.scene import MODEL, RESULT_TEXT, Scene, cards, notes, statuses
 
 
 def _header_says_plan(params: dict[str, Any]) -> bool:
-    return any(
-        b.get("type") == "header" and "Plan" in str(b.get("text", {}).get("text", ""))
-        for b in params.get("blocks") or []
-    )
+    """A chat.postMessage of a plan card (the metadata SOPHIE posts it with)."""
+    metadata = params.get("metadata")
+    if isinstance(metadata, str):
+        metadata = json.loads(metadata)
+    return isinstance(metadata, dict) and metadata.get("event_type") == "sophie_plan_card"
 
 
 def _status_text(params: dict[str, Any]) -> bool:

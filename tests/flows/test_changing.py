@@ -123,7 +123,7 @@ async def test_a_change_to_a_forbidden_path_is_refused_and_nothing_deploys() -> 
     assert [p.text for p in loop.notifier.of("change")] == ["refused"]
     final = await loop.store.load(record.plan.id)
     assert final is not None and final.run is not None and final.run.change is not None
-    assert ".github/workflows" in final.run.change.reason and "Δ refused" in final.note
+    assert ".github/workflows" in final.run.change.reason and "the change was refused" in final.note
 
 
 async def test_failing_tests_stop_the_change() -> None:

@@ -233,7 +233,7 @@ async def test_the_seed_directive_becomes_a_checked_commit_deployed_to_staging(
     pull = fakes.github.pull_for(REPO, branch)
     assert commit is not None and pull is not None and pull.draft
     thread = scene.thread(card)
-    (checked,) = [t for t in thread if "Δ checked the change" in t]
+    (checked,) = [t for t in thread if "The change was checked" in t]
     for shown in (pull.html_url, "sample_service/auth.py", "tests/test_cache.py", "passed"):
         assert shown in checked, shown
     first, second = dispatched_inputs(fakes)
@@ -314,7 +314,7 @@ async def test_a_pushed_change_outside_the_plan_is_refused_by_delta(
     assert await scene.ended(plan_id) == PlanStatus.FAILED
     assert len(dispatched_inputs(fakes)) == 1 and fakes.github.deployments == []
     (refused,) = [t for t in scene.thread(card) if "Nothing built from this commit deploys" in t]
-    assert "Δ refused the change" in refused and ".github/workflows" in refused
+    assert "The change was refused" in refused and ".github/workflows" in refused
     assert any("Not deployed" in t for t in scene.thread(card))  # the result says so too
 
 
@@ -339,7 +339,7 @@ async def test_production_deploys_the_change_once_the_diff_is_approved_on_a_seco
     assert await scene.ended(plan_id) == PlanStatus.REVIEW
     assert len(dispatched_inputs(fakes)) == 1 and fakes.github.deployments == []
     text = " ".join(scene.thread(card))
-    assert "Δ checked the change" in text and "only reviewed code" in text
+    assert "The change was checked" in text and "only reviewed code" in text
 
     def second_card() -> Any:
         for m in fakes.slack.thread(CHANNEL, card.thread_ts):

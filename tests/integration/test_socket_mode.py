@@ -47,7 +47,7 @@ async def test_directive_and_approval_over_socket_mode(redis_url: str, tmp_path:
                 (
                     m
                     for m in slack.thread(CHANNEL, thread_ts)
-                    if m.blocks and "Σ Plan" in json.dumps(m.blocks, ensure_ascii=False)
+                    if (m.metadata or {}).get("event_type") == "sophie_plan_card"
                 ),
                 None,
             )
