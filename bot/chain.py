@@ -213,8 +213,8 @@ def _commit_lines(
         pred = open_change_envelope(change, verifier).predicate
         stat = pred.get("diffStat") or {}
         lines = [
-            f"change: commit {commit} on base {str(pred.get('baseSha', ''))[:12]}, checked by Δ "
-            f"for this plan: {stat.get('files', 0)} file(s) "
+            f"change: commit {commit} on base {str(pred.get('baseSha', ''))[:12]}, "
+            f"checked by SOPHIE for this plan: {stat.get('files', 0)} file(s) "
             f"+{stat.get('additions', 0)} -{stat.get('deletions', 0)}"
         ]
         for f in pred.get("files") or []:

@@ -22,7 +22,7 @@ class DryRunGateway:
         names = ", ".join(sorted(inputs))
         log.info("dry run: would dispatch %s for %s", plan.target.workflow, plan.id)
         implement = (
-            f" The implement job would write the change steps on sophie/{plan.id}; Δ would "
+            f" The implement job would write the change steps on sophie/{plan.id}; SOPHIE would "
             "check that commit before anything built from it deploys."
             if inputs.get("action") == "implement"
             else ""

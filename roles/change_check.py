@@ -460,7 +460,7 @@ def _shape(plan: Plan, repo_rule: RepoRule, change: Change) -> list[RuleHit]:
             _hit(
                 "change.unreadable",
                 f"GitHub sent no diff for {_listed(unreadable)} (binary or too large): "
-                "Δ cannot check what it cannot read",
+                "SOPHIE cannot check what it cannot read",
             )
         )
     if miscounted:
@@ -614,7 +614,7 @@ def deploy_allowed(environment_rule: EnvironmentRule, status: ChangeStatus) -> s
     (after the pull request's review) or its diff approved on a second card.
     """
     if not status.checked:
-        return "Δ has not checked this change: nothing built from it deploys"
+        return "SOPHIE has not checked this change: nothing built from it deploys"
     if environment_rule.change_requirement() == "checked":
         return None
     if status.on_default_branch or status.diff_approved:

@@ -552,7 +552,7 @@ def pull_request_text(plan: Plan, result: Result) -> tuple[str, str]:
         f"−{result.diff.deletions})\n"
         f"- tests: {tests}\n"
         f"- model: {result.model}, {result.steps_used} steps, {result.tokens_used} tokens\n\n"
-        "Δ checks this diff against the plan and the constitution before anything built "
+        "SOPHIE checks this diff against the plan and the constitution before anything built "
         "from it deploys."
     )
     return title, body

@@ -387,7 +387,7 @@ REVIEWED_STAGING = EnvironmentRule(approval=ApprovalLevel.APPROVAL, generated_ch
 CHECKED_PRODUCTION = EnvironmentRule(
     approval=ApprovalLevel.SUPERVISION, protected=True, generated_change="checked"
 )
-NOT_CHECKED = "Δ has not checked"
+NOT_CHECKED = "SOPHIE has not checked"
 NOT_REVIEWED = "deploys only reviewed code"
 
 
