@@ -7,6 +7,7 @@ two replicas) is one Lua script, so it is atomic on the server.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import asdict
 from datetime import datetime
@@ -31,6 +32,8 @@ from roles.records import (
     SlotClaim,
     Thread,
 )
+
+log = logging.getLogger("sophie.store")
 
 PREFIX = "sophie:"
 RUN_INDEX_TTL_SECONDS = 30 * 86400
@@ -325,6 +328,11 @@ class RedisStore:
         if not raw:
             return None
         fields = {k.decode(): v.decode() for k, v in raw.items()}
+        if "doc" not in fields or "status" not in fields:
+            # Only a late write's fields (a card ts, a run) on a plan that is gone: a
+            # fragment is no plan (the card then says its plan no longer exists).
+            log.warning("plan %s has no document: treated as gone", plan_id)
+            return None
         by_user = {k.decode(): v.decode() for k, v in decisions.items()}
         run_raw = fields.get("run")
         return PlanRecord(

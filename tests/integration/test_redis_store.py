@@ -144,3 +144,10 @@ async def test_state_survives_a_redis_restart(tmp_path: Path) -> None:
         assert loaded is not None and loaded.plan.digest == record.plan.digest
     finally:
         server.stop()
+
+
+async def test_a_late_write_on_a_deleted_plan_is_no_plan(store: RedisStore) -> None:
+    """A card ts recorded just after the plan was deleted leaves a fragment of a hash:
+    it loads as gone (the card then says so), never as a KeyError."""
+    await store.set_card("plan_0123456789abcdef", "1700000000.000100")
+    assert await store.load("plan_0123456789abcdef") is None
