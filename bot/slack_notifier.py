@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.async_handler import AsyncRetryHandler
@@ -168,31 +169,18 @@ class SlackNotifier:
         return str(resp["ts"])
 
     async def post_result(self, record: PlanRecord) -> None:
-        text, body = blocks.result(record)
-        await self.client.chat_postMessage(
-            channel=record.thread.channel,
-            thread_ts=record.thread.thread_ts,
-            text=text,
-            blocks=body,
-            unfurl_links=False,
-            unfurl_media=False,
-        )
+        await self._reply(record, *blocks.result(record))
 
     async def post_change(self, record: PlanRecord) -> None:
-        text, body = blocks.change(record)
-        await self.client.chat_postMessage(
-            channel=record.thread.channel,
-            thread_ts=record.thread.thread_ts,
-            text=text,
-            blocks=body,
-            unfurl_links=False,
-            unfurl_media=False,
-        )
+        await self._reply(record, *blocks.change(record))
 
     async def post_change_card(
         self, record: PlanRecord, decisions: list[DecisionRecord]
     ) -> str | None:
-        text, body = blocks.change_card(record, decisions)
+        return await self._reply(record, *blocks.change_card(record, decisions))
+
+    async def _reply(self, record: PlanRecord, text: str, body: list[dict[str, Any]]) -> str | None:
+        """A message in the plan's thread (links not unfurled); its ts."""
         reply = await self.client.chat_postMessage(
             channel=record.thread.channel,
             thread_ts=record.thread.thread_ts,

@@ -307,17 +307,22 @@ class EnvelopeError(ValueError):
     pass
 
 
-def open_envelope(envelope: Any, keys: dict[str, bytes]) -> tuple[dict[str, Any], str]:
+def _open_statement(
+    envelope: Any, keys: dict[str, bytes], predicate_type: str, what: str, label: str = ""
+) -> tuple[dict[str, Any], str]:
+    """A DSSE envelope's in-toto statement, signed by a known key, carrying
+    ``predicate_type`` (roles/attestation.py open_statement, in the stdlib)."""
+    noun = label or "envelope"
     try:
         payload_type = envelope["payloadType"]
         payload = base64.b64decode(envelope["payload"], validate=True)
         sigs = envelope["signatures"]
     except (KeyError, TypeError, ValueError) as exc:
-        raise EnvelopeError(f"malformed envelope: {exc}") from exc
+        raise EnvelopeError(f"malformed {noun}: {exc}") from exc
     if payload_type != PAYLOAD_TYPE:
         raise EnvelopeError(f"unexpected payloadType {payload_type!r}")
     if not isinstance(sigs, list) or not sigs:
-        raise EnvelopeError("envelope has no signatures")
+        raise EnvelopeError(f"{noun} has no signatures")
     message = pae(payload_type, payload)
     for sig in sigs:
         try:
@@ -333,45 +338,25 @@ def open_envelope(envelope: Any, keys: dict[str, bytes]) -> tuple[dict[str, Any]
                 raise EnvelopeError("payload is not JSON") from exc
             if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
                 raise EnvelopeError("payload is not an in-toto Statement v1")
-            if statement.get("predicateType") != PREDICATE_TYPE:
-                raise EnvelopeError("payload is not a SOPHIE decision")
+            if statement.get("predicateType") != predicate_type:
+                raise EnvelopeError(f"payload is not {what}")
             return statement, keyid
-    raise EnvelopeError("no signature verifies with a known key")
+    on = f" on the {label}" if label else ""
+    raise EnvelopeError(f"no signature{on} verifies with a known key")
+
+
+def open_envelope(envelope: Any, keys: dict[str, bytes]) -> tuple[dict[str, Any], str]:
+    return _open_statement(envelope, keys, PREDICATE_TYPE, "a SOPHIE decision")
 
 
 def open_change(envelope: Any, keys: dict[str, bytes]) -> dict[str, Any]:
     """The statement of a change envelope signed by a known key (roles/attestation.py)."""
-    try:
-        payload_type = envelope["payloadType"]
-        payload = base64.b64decode(envelope["payload"], validate=True)
-        sigs = envelope["signatures"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise EnvelopeError(f"malformed change statement: {exc}") from exc
-    if payload_type != PAYLOAD_TYPE:
-        raise EnvelopeError(f"unexpected payloadType {payload_type!r}")
-    if not isinstance(sigs, list) or not sigs:
-        raise EnvelopeError("change statement has no signatures")
-    message = pae(payload_type, payload)
-    for sig in sigs:
-        try:
-            raw = base64.b64decode(sig["sig"], validate=True)
-            keyid = str(sig["keyid"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise EnvelopeError(f"malformed signature: {exc}") from exc
-        key = keys.get(keyid)
-        if key is not None and ed25519_verify(key, message, raw):
-            try:
-                statement = json.loads(payload)
-            except ValueError as exc:
-                raise EnvelopeError("payload is not JSON") from exc
-            if not isinstance(statement, dict) or statement.get("_type") != STATEMENT_TYPE:
-                raise EnvelopeError("payload is not an in-toto Statement v1")
-            if statement.get("predicateType") != CHANGE_PREDICATE_TYPE:
-                raise EnvelopeError("payload is not a SOPHIE change statement")
-            if not isinstance(statement.get("predicate"), dict):
-                raise EnvelopeError("change statement has no predicate")
-            return statement
-    raise EnvelopeError("no signature on the change statement verifies with a known key")
+    statement, _ = _open_statement(
+        envelope, keys, CHANGE_PREDICATE_TYPE, "a SOPHIE change statement", "change statement"
+    )
+    if not isinstance(statement.get("predicate"), dict):
+        raise EnvelopeError("change statement has no predicate")
+    return statement
 
 
 def _subject_digests(subjects: list[Any], algorithm: str) -> set[str]:

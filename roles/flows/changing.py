@@ -96,12 +96,7 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
         return True
     misreported = change_check.report_problem(plan.id, report.branch, report.base, run.head_sha)
     if misreported:
-        refused = replace(report, verdict="refused", reason=misreported)
-        await _save(ctx, record, run, refused)
-        await ctx.notifier.post_change(record)
-        await tracking.finish(
-            ctx, record, PlanStatus.FAILED, f"the change was refused: {misreported}"
-        )
+        await _refuse(ctx, record, run, report, misreported)
         return True
     try:
         # Δ reads the change from GitHub, never from the job's own account of it.
@@ -130,18 +125,7 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
             ],
         )
     if not verdict.allowed:
-        checked = replace(checked, verdict="refused", reason=verdict.reason)
-        await _save(ctx, record, run, checked)
-        await ctx.store.audit(
-            "change.refused",
-            plan.id,
-            "sophie",
-            {"commit": checked.commit, "reason": verdict.reason[:500]},
-        )
-        await ctx.notifier.post_change(record)
-        await tracking.finish(
-            ctx, record, PlanStatus.FAILED, f"the change was refused: {verdict.reason}"
-        )
+        await _refuse(ctx, record, run, checked, verdict.reason)
         return True
     statement = attestation.change_statement(plan, change, constitution.digest_hex, ctx.clock())
     checked = replace(
@@ -171,6 +155,24 @@ async def _check(ctx: Context, record: PlanRecord, run: RunInfo) -> bool:
     if await ctx.store.transition(plan.id, {PlanStatus.RUNNING}, PlanStatus.APPROVED):
         await ctx.again("dispatch", plan.id, f"change.{checked.commit[:12]}", 0)
     return True
+
+
+async def _refuse(
+    ctx: Context, record: PlanRecord, run: RunInfo, change: ProducedChange, reason: str
+) -> None:
+    """Every refusal alike: kept on the run, audited, shown in the thread, the plan ended."""
+    from roles.flows import tracking
+
+    refused = replace(change, verdict="refused", reason=reason)
+    await _save(ctx, record, run, refused)
+    await ctx.store.audit(
+        "change.refused",
+        record.plan.id,
+        "sophie",
+        {"commit": refused.commit, "reason": reason[:500]},
+    )
+    await ctx.notifier.post_change(record)
+    await tracking.finish(ctx, record, PlanStatus.FAILED, f"the change was refused: {reason}")
 
 
 async def _save(ctx: Context, record: PlanRecord, run: RunInfo, change: ProducedChange) -> None:

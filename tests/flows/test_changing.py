@@ -150,6 +150,8 @@ async def test_a_job_that_names_another_base_or_branch_is_not_believed() -> None
         await _runs(loop)
         assert await _status(loop, record.plan.id) == PlanStatus.FAILED
         assert len(loop.ci.dispatched) == 1
+        audited = [a[0] for a in loop.store.audit_log if a[0].startswith("change.")]
+        assert audited == ["change.refused"]  # audited like every other refusal
 
 
 async def test_an_implement_job_that_fails_deploys_nothing_and_offers_no_rollback() -> None:
